@@ -1,0 +1,67 @@
+"""Segmentation models: DeepLabv3+ (masks) and FCN (image-level labels, MIL).
+
+``build_model(ModelConfig(...), num_classes)`` gives a module whose ``forward`` maps a
+normalised ``(N, C, H, W)`` float batch to logits ``(N, K, H, W)`` at input size;
+:func:`normalization` gives the mean/std (for input in [0, 1]) its encoder expects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import encoders
+from .deeplab import build_deeplab
+from .fcn import FCN, build_fcn
+
+__all__ = ["FCN", "ModelConfig", "build_model", "normalization"]
+
+
+class ModelConfig(BaseModel):
+    """Which network to build.
+
+    ``output_stride=None`` means the architecture's default: 16 for DeepLabv3+ (ASPP
+    rates 6, 12, 18), 8 for the FCN where the encoder can dilate (else its native 32).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: Literal["deeplabv3plus", "fcn"] = "deeplabv3plus"
+    encoder: str = "efficientnet_lite0"
+    weights: Literal["imagenet", "none"] = "imagenet"
+    output_stride: Literal[8, 16, 32] | None = None
+    in_channels: int = Field(3, ge=1)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, *, background_index: int | None = None) -> torch.nn.Module:
+    """The network of ``cfg`` with ``num_classes`` outputs.
+
+    ``background_index`` (FCN only) zero-initialises that class's classifier, as in
+    Pathak et al. 2015. Raises ``ValueError`` for unusable settings (and when ImageNet
+    weights are asked for but cannot be had offline).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    encoder = cfg.encoder.removeprefix("tu-")
+    if cfg.arch == "deeplabv3plus":
+        if background_index is not None:
+            raise ValueError("background_index applies to the FCN only")
+        return build_deeplab(
+            encoder, num_classes, weights=cfg.weights, output_stride=cfg.output_stride or 16,
+            in_channels=cfg.in_channels,
+        )
+    return build_fcn(
+        encoder, num_classes, weights=cfg.weights, output_stride=cfg.output_stride,
+        in_channels=cfg.in_channels, background_index=background_index,
+    )
+
+
+def normalization(cfg: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per input channel for pixels in [0, 1], as the encoder's weights expect."""
+    mean, std = encoders.mean_std(cfg.encoder.removeprefix("tu-"))
+    if cfg.in_channels != len(mean):
+        mean = (sum(mean) / len(mean),) * cfg.in_channels
+        std = (sum(std) / len(std),) * cfg.in_channels
+    return mean, std
