@@ -1,0 +1,485 @@
+"""Sliding-window prediction on regions and whole slides, seamless and in bounded memory.
+
+The image is read at the model's µm/px (or ``target_mpp``) on a grid of windows with
+overlap. Softmax probabilities are blended with a 2-D Gaussian weight that never reaches
+0 (borders still count): label = argmax of ``sum(w * p)``, probability = ``sum(w * p) /
+sum(w)``. Windows wholly on glass (tissue mask on a thumbnail) are skipped; pixels off
+tissue are :data:`~tissueseg.schemes.IGNORE`.
+
+Memory: windows are processed row by row. A ring buffer of ``window`` image rows holds
+the running sums (``4 * (K + 1) * window * width`` bytes: 0.5 GB for K = 5, window 512 and a
+40,000 px wide slide at the target resolution), plus ``batch`` windows in flight and a
+bounded queue of read-ahead batches; the label map (and uint8 probabilities) go to zarr
+stores on disk a band at a time (band = ``stride`` rows, one zarr chunk row). Add the
+band's temporaries (about ``3 * 4 * K * stride * width`` bytes when probabilities are
+written). Stitching stays under 1.5 GB for K <= 6, window 512, 40,000 px wide; the model
+and one batch of activations come on top (DeepLabv3+ / efficientnet_lite0 on CPU: about
+0.9 GB loaded, +0.85 GB for 8 windows of 512 px; see bench/predict.py). Peak memory grows
+with slide width, never with area.
+
+Resume: after every band ``progress.json`` (written atomically) records how many bands
+are done and the class counts so far. A restarted prediction recomputes the windows that
+still overlap the first unfinished band and goes on from there; batches are formed on the
+same global window list, so the result is identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import export, io
+from .batch import BatchResult, run_batch
+from .schemes import IGNORE, ClassScheme
+from .slide import SlideReader, open_image, plan_read, read_at, require_mpp, target_size, tissue_mask
+
+THUMB_MAX = 2048
+"""Longest side of the thumbnail that tissue detection runs on."""
+QUEUE_BATCHES = 3
+"""Batches read ahead by the reader thread."""
+CHUNK_WIDTH = 2048
+REGION_PNG_MAX = 2**28
+"""One-level inputs up to this many pixels also get ``labels.png`` at their own size."""
+
+
+class PredictorLike(Protocol):
+    """What inference needs of :class:`tissueseg.checkpoint.Predictor`."""
+
+    model: torch.nn.Module
+    scheme: ClassScheme
+    mpp: float
+    patch_size: int
+
+    def preprocess(self, rgb: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Windows of ``window`` px every ``stride`` px over a ``width x height`` image.
+
+    Windows start at multiples of ``stride`` and the last ones may reach past the image
+    (read as white, cropped), so bands of ``stride`` rows line up with zarr chunks.
+    """
+
+    width: int
+    height: int
+    window: int
+    stride: int
+
+    @property
+    def nx(self) -> int:
+        return max(1, math.ceil((self.width - self.window) / self.stride) + 1)
+
+    @property
+    def ny(self) -> int:
+        return max(1, math.ceil((self.height - self.window) / self.stride) + 1)
+
+    @property
+    def bands(self) -> int:
+        return math.ceil(self.height / self.stride)
+
+    def band_rows(self, band: int) -> tuple[int, int]:
+        return band * self.stride, min((band + 1) * self.stride, self.height)
+
+    def first_row_touching(self, band: int) -> int:
+        """The first window row whose windows reach into ``band``."""
+        return max(0, math.floor((band * self.stride - self.window) / self.stride) + 1)
+
+
+def make_grid(width: int, height: int, window: int, overlap: float) -> Grid:
+    if window < 8:
+        raise ValueError(f"window must be at least 8 px, got {window}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return Grid(width, height, window, max(1, round(window * (1.0 - overlap))))
+
+
+def blend_weights(window: int, sigma: float = 0.25, floor: float = 1e-3) -> np.ndarray:
+    """``(window, window)`` float32 Gaussian (sigma = ``sigma * window``), max 1, min ``floor``."""
+    r = (np.arange(window, dtype=np.float64) + 0.5 - window / 2) / (sigma * window)
+    g = np.exp(-0.5 * r**2)
+    return np.maximum(np.outer(g, g) / g.max() ** 2, floor).astype(np.float32)
+
+
+def window_keep(grid: Grid, mask: np.ndarray | None) -> np.ndarray:
+    """``(ny, nx)`` bool: windows that touch tissue of ``mask`` (any scale; None = all)."""
+    keep = np.ones((grid.ny, grid.nx), dtype=bool)
+    if mask is None:
+        return keep
+    mh, mw = mask.shape
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    for k in range(grid.ny):
+        y0 = min(math.floor(k * grid.stride * mh / grid.height), mh - 1)
+        y1 = max(min(math.ceil((k * grid.stride + grid.window) * mh / grid.height), mh), y0 + 1)
+        for i in range(grid.nx):
+            x0 = min(math.floor(i * grid.stride * mw / grid.width), mw - 1)
+            x1 = max(min(math.ceil((i * grid.stride + grid.window) * mw / grid.width), mw), x0 + 1)
+            keep[k, i] = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0] > 0
+    return keep
+
+
+def _scaled_mask_rows(mask: np.ndarray | None, grid: Grid, r0: int, r1: int) -> np.ndarray:
+    if mask is None:
+        return np.ones((r1 - r0, grid.width), dtype=bool)
+    mh, mw = mask.shape
+    rows = np.minimum((np.arange(r0, r1) + 0.5) * mh / grid.height, mh - 1).astype(np.intp)
+    cols = np.minimum((np.arange(grid.width) + 0.5) * mw / grid.width, mw - 1).astype(np.intp)
+    return mask[rows][:, cols]
+
+
+def _ring(r0: int, r1: int, size: int) -> list[tuple[slice, slice]]:
+    """Rows ``r0..r1`` of a ring buffer of ``size`` rows: ``(buffer slice, local slice)`` pieces."""
+    out, r = [], r0
+    while r < r1:
+        start = r % size
+        n = min(r1 - r, size - start)
+        out.append((slice(start, start + n), slice(r - r0, r - r0 + n)))
+        r += n
+    return out
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but no CUDA device is available")
+    return dev
+
+
+@dataclass
+class BandStats:
+    """What :func:`predict_bands` did."""
+
+    windows_total: int
+    windows_kept: int
+    windows_run: int
+    counts: np.ndarray
+    first_band: int
+    seconds: float
+
+
+def predict_bands(
+    predictor: PredictorLike,
+    read_window: Callable[[int, int, int], np.ndarray],
+    grid: Grid,
+    labels: Any,
+    *,
+    probs: Any | None = None,
+    mask: np.ndarray | None = None,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+    start_band: int = 0,
+    counts: np.ndarray | None = None,
+    on_band: Callable[[int, np.ndarray], None] | None = None,
+    quiet: bool = True,
+    desc: str = "",
+) -> BandStats:
+    """The engine: predict ``grid`` band by band into ``labels`` (``(H, W)`` uint8, any
+    array-like supporting slice assignment, e.g. zarr) and optionally ``probs`` (``(K, H, W)``
+    uint8, probability x 255).
+
+    ``read_window(x, y, size)`` returns an ``(size, size, 3)`` uint8 window at target px.
+    ``mask`` (bool, any scale) marks tissue. ``on_band(band, counts)`` runs after each band
+    is written (bands before ``start_band`` are taken as done). Returns counts per label
+    value (256 bins) over all bands.
+    """
+    t0 = time.perf_counter()
+    device = device or next(predictor.model.parameters()).device
+    K, win, W = predictor.scheme.num_classes, grid.window, grid.width
+    keep = window_keep(grid, mask)
+    order = [(k, i) for k in range(grid.ny) for i in range(grid.nx) if keep[k, i]]
+    first_row = grid.first_row_touching(start_band)
+    first_batch = next((j // batch_size for j, (k, _) in enumerate(order) if k >= first_row), len(order) // batch_size)
+    todo = order[first_batch * batch_size :]
+    counts = np.zeros(256, dtype=np.int64) if counts is None else counts.astype(np.int64).copy()
+    w_np = blend_weights(win)
+    weight = torch.from_numpy(w_np).to(device)
+    ring = np.zeros((K, win, W), dtype=np.float32)
+    wsum = np.zeros((win, W), dtype=np.float32)
+    next_band = 0
+
+    def finalize(band: int) -> None:
+        r0, r1 = grid.band_rows(band)
+        pieces = _ring(r0, r1, win)
+        if band >= start_band:
+            acc = np.concatenate([ring[:, b] for b, _ in pieces], axis=1)
+            ws = np.concatenate([wsum[b] for b, _ in pieces], axis=0)
+            valid = (ws > 0) & _scaled_mask_rows(mask, grid, r0, r1)
+            lab = acc.argmax(0).astype(np.uint8)
+            lab[~valid] = IGNORE
+            labels[r0:r1, :] = lab
+            if probs is not None:
+                p = acc / np.maximum(ws, 1e-12)
+                p *= 255.0
+                np.rint(p, out=p)
+                p[:, ~valid] = 0
+                probs[:, r0:r1, :] = p.astype(np.uint8)
+            counts[:] += np.bincount(lab.ravel(), minlength=256)
+        for b, _ in pieces:
+            ring[:, b] = 0
+            wsum[b] = 0
+        if band >= start_band and on_band is not None:
+            on_band(band, counts)
+
+    def finalize_before(row: int) -> None:
+        nonlocal next_band
+        while next_band < grid.bands and grid.band_rows(next_band)[1] <= row:
+            finalize(next_band)
+            next_band += 1
+
+    bar = tqdm(total=len(todo), desc=desc, unit="win", disable=quiet or None, file=sys.stderr, leave=False)
+    use_amp = device.type == "cuda"
+    run = 0
+    try:
+        with torch.inference_mode(), contextlib.closing(_read_ahead(read_window, grid, todo, batch_size)) as batches:
+            for batch, pixels in batches:
+                x = predictor.preprocess(torch.from_numpy(pixels).to(device))
+                with torch.autocast(device.type, enabled=use_amp):
+                    logits = predictor.model(x.contiguous(memory_format=torch.channels_last))
+                if logits.shape[-2:] != (win, win):
+                    logits = torch.nn.functional.interpolate(logits.float(), size=(win, win), mode="bilinear")
+                weighted = (torch.softmax(logits.float(), dim=1) * weight).cpu().numpy()
+                for (k, i), wp in zip(batch, weighted):
+                    if k < first_row:
+                        continue
+                    y, x0 = k * grid.stride, i * grid.stride
+                    finalize_before(y)
+                    x1 = min(x0 + win, W)
+                    for b, local in _ring(y, min(y + win, grid.height), win):
+                        ring[:, b, x0:x1] += wp[:, local, : x1 - x0]
+                        wsum[b, x0:x1] += w_np[local, : x1 - x0]
+                run += len(batch)
+                bar.update(len(batch))
+                area = run * grid.stride**2 / 1e6  # image area the windows stand for
+                bar.set_postfix_str(f"{area / max(bar.format_dict['elapsed'], 1e-9):.2f} MP/s", refresh=False)
+        finalize_before(grid.height + 1)
+    finally:
+        bar.close()
+    return BandStats(grid.nx * grid.ny, len(order), run, counts, start_band, time.perf_counter() - t0)
+
+
+def _read_ahead(
+    read_window: Callable[[int, int, int], np.ndarray], grid: Grid, todo: Sequence[tuple[int, int]], batch_size: int
+) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+    """Batches of windows read by a background thread into a bounded queue."""
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        """Queue ``item`` unless the consumer has stopped; False once it has."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for j in range(0, len(todo), batch_size):
+                batch = list(todo[j : j + batch_size])
+                pixels = np.stack([read_window(i * grid.stride, k * grid.stride, grid.window) for k, i in batch])
+                if not put((batch, pixels)):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="tissueseg-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass
+class PredictionResult:
+    """One predicted image: sizes, timing, class areas and the files written.
+
+    ``size`` is ``(width, height)`` at ``target_mpp``; ``seconds`` covers the whole call,
+    ``engine_seconds`` the sliding window alone (reading, model, blending, zarr).
+    """
+
+    path: str
+    out_dir: str
+    size: tuple[int, int]
+    level0_size: tuple[int, int]
+    mpp: float
+    target_mpp: float
+    level: int
+    windows: int
+    windows_run: int
+    seconds: float
+    engine_seconds: float
+    areas: list[dict] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    resumed_from_band: int = 0
+    already_done: bool = False
+
+    @property
+    def megapixels(self) -> float:
+        return self.size[0] * self.size[1] / 1e6
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "megapixels": self.megapixels}
+
+
+STORE_FILES = ("labels.zarr", "probabilities.zarr", "progress.json")
+
+
+def predict_image(
+    predictor: PredictorLike,
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    mpp: float | None = None,
+    target_mpp: float | None = None,
+    window: int | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    probabilities: bool = False,
+    tissue: bool = True,
+    device: str | torch.device = "auto",
+    overwrite: bool = False,
+    quiet: bool = False,
+    on_band: Callable[[int, np.ndarray], None] | None = None,
+) -> PredictionResult:
+    """Predict one region or slide into ``out_dir/<stem>/`` (see :mod:`tissueseg.export`).
+
+    ``mpp`` overrides the input's µm/px (needed when the file has none); ``target_mpp`` is the
+    resolution to predict at (default: the model's). A finished output (``summary.json``) is
+    kept unless ``overwrite``; an interrupted one resumes from its first unfinished band.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    dest = Path(out_dir) / path.stem
+    summary_path = dest / "summary.json"
+    if summary_path.exists() and not overwrite:
+        data = json.loads(summary_path.read_text())
+        data.pop("megapixels", None)
+        return PredictionResult(**{**data, "size": tuple(data["size"]), "level0_size": tuple(data["level0_size"]),
+                                   "already_done": True})
+    if overwrite:
+        for name in (*STORE_FILES, "summary.json", "probabilities.tiff"):
+            p = dest / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    dev = resolve_device(device)
+    predictor.model.to(dev)
+    scheme = predictor.scheme
+    with open_image(path, mpp) as reader:
+        base_mpp = require_mpp(reader)
+        t_mpp = float(target_mpp or predictor.mpp)
+        level, _ = plan_read(reader, t_mpp)
+        width, height = target_size(reader, t_mpp)
+        win = int(window or predictor.patch_size)
+        is_region = reader.level_count == 1 and reader.dimensions[0] * reader.dimensions[1] <= REGION_PNG_MAX
+        grid = make_grid(width, height, win, overlap)
+        thumb = reader.thumbnail(min(THUMB_MAX, max(reader.dimensions)))
+        mask = tissue_mask(thumb) if tissue else None
+        dest.mkdir(parents=True, exist_ok=True)
+        fingerprint = _fingerprint(path, predictor, base_mpp, t_mpp, grid, tissue, probabilities)
+        labels, probs, start, counts = _open_stores(dest, grid, scheme.num_classes, probabilities, fingerprint)
+
+        def record(band: int, c: np.ndarray) -> None:
+            io.write_json(dest / "progress.json", {"fingerprint": fingerprint, "bands_done": band + 1,
+                                                   "bands": grid.bands, "counts": c.tolist()})
+            if on_band is not None:
+                on_band(band, c)
+
+        stats = predict_bands(
+            predictor, partial(_read_window, reader, t_mpp), grid, labels, probs=probs, mask=mask,
+            batch_size=batch_size, device=dev, start_band=start, counts=counts, on_band=record, quiet=quiet,
+            desc=path.name,
+        )
+        outputs = export.write_outputs(
+            dest, labels, probs, scheme=scheme, mpp=t_mpp, level0_scale=t_mpp / base_mpp, counts=stats.counts,
+            thumbnail=thumb, tissue=mask, region_size=reader.dimensions if is_region else None,
+        )
+    result = PredictionResult(
+        str(path), str(dest), (width, height), tuple(reader.dimensions), base_mpp, t_mpp, level,
+        stats.windows_kept, stats.windows_run, time.perf_counter() - t0, stats.seconds, export.class_areas(stats.counts, scheme, t_mpp),
+        outputs, start,
+    )
+    io.write_json(summary_path, result.to_dict())
+    return result
+
+
+def _read_window(reader: SlideReader, target_mpp: float, x: int, y: int, size: int) -> np.ndarray:
+    return read_at(reader, x, y, size, size, target_mpp)
+
+
+def _fingerprint(path: Path, predictor: PredictorLike, mpp: float, target_mpp: float, grid: Grid,
+                 tissue: bool, probabilities: bool) -> str:
+    h = hashlib.sha1()
+    st = path.stat()
+    h.update(json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, mpp, target_mpp, asdict(grid), tissue,
+                         probabilities, predictor.scheme.to_dict()]).encode())
+    for t in predictor.model.state_dict().values():
+        h.update(t.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _open_stores(dest: Path, grid: Grid, num_classes: int, probabilities: bool,
+                 fingerprint: str) -> tuple[Any, Any | None, int, np.ndarray | None]:
+    """The zarr stores and the band to start from (0 unless ``progress.json`` matches)."""
+    import zarr
+
+    progress = dest / "progress.json"
+    try:
+        state = json.loads(progress.read_text()) if progress.exists() else None
+    except ValueError:
+        state = None
+    chunks = (grid.stride, min(grid.width, CHUNK_WIDTH))
+    if state and state.get("fingerprint") == fingerprint:
+        labels = zarr.open_array(dest / "labels.zarr", mode="r+")
+        probs = zarr.open_array(dest / "probabilities.zarr", mode="r+") if probabilities else None
+        return labels, probs, int(state["bands_done"]), np.asarray(state["counts"], dtype=np.int64)
+    progress.unlink(missing_ok=True)
+    labels = zarr.create_array(dest / "labels.zarr", shape=(grid.height, grid.width), chunks=chunks, dtype="uint8",
+                               fill_value=IGNORE, overwrite=True)
+    probs = None
+    if probabilities:
+        probs = zarr.create_array(dest / "probabilities.zarr", shape=(num_classes, grid.height, grid.width),
+                                  chunks=(1, *chunks), dtype="uint8", fill_value=0, overwrite=True)
+    return labels, probs, 0, None
+
+
+def predict_files(
+    predictor: PredictorLike,
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> BatchResult[PredictionResult]:
+    """:func:`predict_image` on every input; bad inputs are skipped and reported."""
+    io.check_output_dir(out)
+    fn = partial(predict_image, predictor, out_dir=out, quiet=quiet or workers > 1 or scheduler is not None, **kwargs)
+    return run_batch(fn, [Path(p) for p in paths], workers=workers, scheduler=scheduler, desc="predict",
+                     quiet=quiet or len(paths) < 2)

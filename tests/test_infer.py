@@ -1,0 +1,204 @@
+"""Sliding-window inference: seamless blending, tissue skipping, resume, real slides, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+
+from tissueseg.checkpoint import Predictor
+from tissueseg.infer import blend_weights, make_grid, predict_files, predict_image
+from tissueseg.io import InputError
+from tissueseg.schemes import IGNORE, bcss5
+
+
+def tiny_predictor(seed: int = 0, mpp: float = 0.5, patch: int = 64) -> Predictor:
+    """A fixed-weight 2-layer conv net: 5x5 receptive field, 5 classes."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 3, padding=1))
+    return Predictor(net.eval(), bcss5(), mpp, patch, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), {})
+
+
+def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.normal(0, 40, (h, w, 3)), (0, 0), 3)
+    return np.clip(np.array([190, 110, 170]) + noise, 0, 255).astype(np.uint8)
+
+
+def whole_image_probs(pred: Predictor, rgb: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        x = pred.preprocess(torch.from_numpy(rgb[None]))
+        return torch.softmax(pred.model(x), 1)[0].numpy()
+
+
+def region(tmp_path: Path, rgb: np.ndarray, name: str = "region_MPP-0.5000.png") -> Path:
+    path = tmp_path / name
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_grid_and_weights() -> None:
+    g = make_grid(300, 100, 64, 0.5)
+    assert (g.stride, g.nx, g.ny, g.bands) == (32, 9, 3, 4)
+    assert g.band_rows(3) == (96, 100)
+    assert g.first_row_touching(2) == 1  # window row 1 spans rows 32..96
+    w = blend_weights(64)
+    assert w.max() == pytest.approx(1.0, abs=0.01) and w.min() > 0 and np.allclose(w, w.T)
+    with pytest.raises(ValueError):
+        make_grid(10, 10, 64, 1.0)
+
+
+def test_windowed_equals_whole_image_and_no_seams(tmp_path: Path) -> None:
+    pred = tiny_predictor()
+    rgb = texture(200, 264)
+    res = predict_image(pred, region(tmp_path, rgb), tmp_path / "out", tissue=False, probabilities=True, quiet=True)
+    labels = zarr.open_array(Path(res.out_dir) / "labels.zarr", mode="r")[:]
+    probs = zarr.open_array(Path(res.out_dir) / "probabilities.zarr", mode="r")[:].astype(np.float64) / 255
+    ref = whole_image_probs(pred, rgb)
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    agree = (labels[inner[1:]] == ref.argmax(0)[inner[1:]]).mean()
+    assert agree > 0.999
+    assert np.abs(probs[inner] - ref[inner]).max() < 0.05
+    # seams: on a constant image the probability map is flat away from the border
+    flat = np.full((200, 264, 3), (190, 110, 170), dtype=np.uint8)
+    res = predict_image(pred, region(tmp_path, flat, "flat_MPP-0.5000.png"), tmp_path / "out", tissue=False,
+                        probabilities=True, quiet=True)
+    p = zarr.open_array(Path(res.out_dir) / "probabilities.zarr", mode="r")[0].astype(np.float64)
+    step = np.abs(np.diff(p[2:-2, 2:-2], axis=1))
+    seam_cols = [x - 3 for x in range(32, 262, 32)]  # window edges (stride 32), in diff coordinates
+    assert step[:, seam_cols].max() <= 1  # at most one uint8 step anywhere at a seam
+    assert np.ptp(p[2:-2, 2:-2]) <= 2
+
+
+def test_tissue_detection_skips_glass(tmp_path: Path) -> None:
+    rgb = np.full((192, 256, 3), 245, dtype=np.uint8)
+    rgb[:, :128] = texture(192, 128)
+    res = predict_image(tiny_predictor(), region(tmp_path, rgb), tmp_path / "out", quiet=True)
+    labels = zarr.open_array(Path(res.out_dir) / "labels.zarr", mode="r")[:]
+    assert (labels[:, 140:] == IGNORE).all()
+    assert (labels[:, :120] != IGNORE).mean() > 0.95
+    assert res.windows < 5 * 7 and res.windows_run == res.windows
+    assert sum(a["pixels"] for a in res.areas) == (labels != IGNORE).sum()
+    png = np.asarray(Image.open(Path(res.out_dir) / "labels.png"))
+    assert png.shape == (192, 256) and np.array_equal(png, labels)
+    glass = predict_image(tiny_predictor(), region(tmp_path, rgb[:, 140:], "glass_MPP-0.5000.png"), tmp_path / "out",
+                          quiet=True)
+    assert glass.windows == 0 and sum(a["pixels"] for a in glass.areas) == 0
+    assert (zarr.open_array(Path(glass.out_dir) / "labels.zarr", mode="r")[:] == IGNORE).all()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_is_identical(tmp_path: Path) -> None:
+    pred = tiny_predictor(seed=1)
+    rgb = np.full((200, 120, 3), 245, dtype=np.uint8)
+    rgb[20:190, 10:100] = texture(170, 90, seed=2)
+    path = region(tmp_path, rgb)
+    kw = dict(window=64, overlap=0.75, batch_size=8, probabilities=True, quiet=True)
+    full = predict_image(pred, path, tmp_path / "a", **kw)
+
+    def stop_after_7(band: int, counts: np.ndarray) -> None:
+        if band == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        predict_image(pred, path, tmp_path / "b", on_band=stop_after_7, **kw)
+    dest = tmp_path / "b" / path.stem
+    assert not (dest / "summary.json").exists()
+    assert json.loads((dest / "progress.json").read_text())["bands_done"] == 7
+    resumed = predict_image(pred, path, tmp_path / "b", **kw)
+    assert resumed.resumed_from_band == 7 and resumed.windows_run < full.windows_run
+    for store in ("labels.zarr", "probabilities.zarr"):
+        a = zarr.open_array(tmp_path / "a" / path.stem / store, mode="r")[:]
+        b = zarr.open_array(dest / store, mode="r")[:]
+        assert np.array_equal(a, b)
+    assert resumed.areas == full.areas
+    # finished: a rerun is skipped, --overwrite recomputes
+    again = predict_image(pred, path, tmp_path / "b", **kw)
+    assert again.already_done and again.areas == full.areas
+    assert not predict_image(pred, path, tmp_path / "b", overwrite=True, **kw).already_done
+
+
+def test_real_slides_end_to_end(slides_dir: Path, tmp_path: Path) -> None:
+    pred = tiny_predictor()
+    kw = dict(target_mpp=4.0, window=128, batch_size=16, quiet=True)
+    cmu = predict_image(pred, slides_dir / "CMU-1-Small-Region.svs", tmp_path, **kw)
+    assert cmu.size == (277, 370)  # 2220 x 2967 px at 0.499 µm/px, read at 4 µm/px
+    dest = Path(cmu.out_dir)
+    for name in ("labels.tiff", "thumbnail.png", "overlay.png", "tissue.png", "regions.geojson", "areas.csv",
+                 "areas.json", "summary.json", "labels.png"):
+        assert (dest / name).is_file(), name
+    with openslide.OpenSlide(str(dest / "labels.tiff")) as s:
+        assert s.dimensions == cmu.size
+        assert float(s.properties["openslide.mpp-x"]) == pytest.approx(4.0)
+    from shapely.geometry import shape
+
+    features = json.loads((dest / "regions.geojson").read_text())["features"]
+    assert features and all(shape(f["geometry"]).is_valid for f in features)
+    xs = [c[0] for f in features for c in f["geometry"]["coordinates"][0]]
+    assert max(xs) <= 2220 + 8 and max(xs) > 1000  # level-0 coordinates
+
+    tcga = slides_dir / "tcga-cr-7395-01a-01-ts1.svs"
+    with pytest.raises(InputError, match="no resolution metadata; pass --mpp"):
+        predict_image(pred, tcga, tmp_path, **kw)
+    res = predict_image(pred, tcga, tmp_path, mpp=0.5, **kw)
+    assert res.level == 1 and res.size == (555, 446)
+    tissue_frac = sum(a["pixels"] for a in res.areas) / (555 * 446)
+    assert 0.4 < tissue_frac < 0.9
+    assert not (Path(res.out_dir) / "labels.png").exists()  # a pyramid, not a region
+
+
+def test_predict_files_skips_bad_input(tmp_path: Path) -> None:
+    good = region(tmp_path, texture(64, 64))
+    bad = tmp_path / "bad_MPP-0.5000.png"
+    bad.write_bytes(b"broken")
+    result = predict_files(tiny_predictor(), [good, bad], tmp_path / "out", quiet=True)
+    assert len(result.ok) == 1 and len(result.skipped) == 1 and "bad_MPP-0.5000.png" in result.skipped[0][1]
+
+
+def test_cli_predict(tmp_path: Path) -> None:
+    from tissueseg.checkpoint import save_checkpoint
+    from tissueseg.cli import main
+    from tissueseg.models import ModelConfig, build_model
+
+    config = {"model": {"arch": "fcn", "encoder": "resnet18", "weights": "none"}}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.model_validate(config["model"]), 5)
+    save_checkpoint(tmp_path / "m.pt", model=model, config=config, scheme=bcss5(), mpp=0.5, patch_size=64)
+    rgb = texture(96, 128)
+    path = region(tmp_path, rgb, "img.png")
+    runner = CliRunner()
+    args = ["predict", str(path), "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "out"), "-q"]
+    res = runner.invoke(main, args)
+    assert res.exit_code == 1 and "img.png: no resolution metadata; pass --mpp" in res.output
+    res = runner.invoke(main, [*args, "--mpp", "0.5", "--json", "--no-tissue-detection"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["results"][0]["size"] == [128, 96] and not summary["skipped"]
+    assert (tmp_path / "out" / "img" / "labels.tiff").is_file()
+    res = runner.invoke(main, [*args, "--mpp", "0.5"])
+    assert res.exit_code == 0 and "done" in res.output
+
+
+def test_read_error_reaches_the_caller(tmp_path: Path) -> None:
+    from tissueseg.infer import predict_bands
+
+    def broken(x: int, y: int, size: int) -> np.ndarray:
+        if y > 0:
+            raise OSError("tile decode failed")
+        return np.zeros((size, size, 3), dtype=np.uint8)
+
+    grid = make_grid(64, 256, 32, 0.5)
+    labels = np.zeros((256, 64), dtype=np.uint8)
+    with pytest.raises(OSError, match="tile decode failed"):
+        predict_bands(tiny_predictor(), broken, grid, labels, batch_size=1)
