@@ -192,6 +192,7 @@ def tile_dataset(
     label_threshold: float = 0.05,
     split: SplitMethod = "slide",
     val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
     seed: int = 0,
     patches: bool = False,
     workers: int = 1,
@@ -209,7 +210,7 @@ def tile_dataset(
     ``ValueError`` unless ``overwrite`` (which starts over).
     """
     check_grid(size, stride, edge)
-    check_split(split, val_fraction)
+    check_split(split, val_fraction, test_fraction)
     if not (0 <= min_roi <= 1 and 0 <= label_threshold <= 1):
         raise ValueError(f"min_roi and label_threshold must be in 0..1 (got {min_roi}, {label_threshold})")
     pairs = [(Path(i), Path(m)) for i, m in pairs]
@@ -221,7 +222,8 @@ def tile_dataset(
     parts, patches_out = out / "parts", out / "patches"
     params = json.loads(json.dumps({
         "scheme": scheme.to_dict(), "size": size, "stride": stride, "edge": edge, "min_roi": min_roi,
-        "label_threshold": label_threshold, "split": split, "val_fraction": val_fraction, "seed": seed,
+        "label_threshold": label_threshold, "split": split, "val_fraction": val_fraction,
+        "test_fraction": test_fraction, "seed": seed,
         "patches": patches,
     }))
     previous = _previous_params(out)
@@ -249,7 +251,7 @@ def tile_dataset(
     if not done:
         return result
     manifest = pd.concat([pd.read_parquet(p) for p in done], ignore_index=True)
-    manifest["split"] = assign_splits(manifest, split, val_fraction, seed=seed)
+    manifest["split"] = assign_splits(manifest, split, val_fraction, test_fraction, seed=seed)
     result.patches = len(manifest)
     result.splits = {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()}
     result.manifest = out / "manifest.parquet"

@@ -30,6 +30,8 @@ from . import common
               help="Train/val/test by slide, BCSS test sites (OL LL E2 EW GM S3), or all train.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Fraction of slides for validation.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction of slides for test (split slide; bcss-sites takes the test sites).")
 @click.option("--patches", is_flag=True, help="Also write patch PNGs to OUT/patches/{images,masks,palette}.")
 @common.scheme_option()
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
@@ -41,7 +43,8 @@ from . import common
 @common.guard
 def command(datasets: tuple[Path, ...], images: Path | None, masks: Path | None, image_suffix: str,
             mask_suffix: str, out: Path, size: int, stride: int, edge: str, min_roi: float, label_threshold: float,
-            split: str, val_fraction: float, patches: bool, scheme: str, seed: int, workers: int,
+            split: str, val_fraction: float, test_fraction: float, patches: bool, scheme: str, seed: int,
+            workers: int,
             scheduler: str | None, as_json: bool, overwrite: bool, quiet: bool) -> None:
     """Tile regions and masks paired by file stem into OUT/manifest.{parquet,csv,json}.
 
@@ -69,8 +72,8 @@ def command(datasets: tuple[Path, ...], images: Path | None, masks: Path | None,
         unmatched += [(str(f), "image without mask") for f in lone_images]
         unmatched += [(str(f), "mask without image") for f in lone_masks]
     result = tile_dataset(pairs, out, load_scheme(scheme), size=size, stride=stride, edge=edge, min_roi=min_roi,
-                          label_threshold=label_threshold, split=split, val_fraction=val_fraction, seed=seed,
-                          patches=patches, workers=workers, scheduler=scheduler, overwrite=overwrite, quiet=quiet)
+                          label_threshold=label_threshold, split=split, val_fraction=val_fraction,
+                          test_fraction=test_fraction, seed=seed, patches=patches, workers=workers, scheduler=scheduler, overwrite=overwrite, quiet=quiet)
     summary = result.to_dict() | {"unmatched": [{"file": f, "problem": p} for f, p in unmatched]}
     lines = [f"{result.images} images tiled ({result.resumed} from an earlier run), {result.patches} patches"
              + "".join(f", {n} {s}" for s, n in result.splits.items())]

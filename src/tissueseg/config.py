@@ -1,0 +1,157 @@
+"""Training configuration: pydantic models loaded from YAML with dotted ``key=value`` overrides.
+
+A config has five sections (``model``, ``loss``, ``data``, ``optim``, ``run``); every field
+has a default, so an empty file plus ``data.manifest=...`` is a valid config. See
+``configs/full.yaml`` and ``configs/weak.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .models import ModelConfig
+
+WEAK_LOSSES = ("mil-max", "sigmoid-max", "lse", "topk")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossConfig(_Section):
+    name: Literal["ce", "mil-max", "sigmoid-max", "lse", "topk"] = "ce"
+    r: float = Field(5.0, gt=0, description="LSE sharpness")
+    k: float = Field(0.1, gt=0, le=1, description="top-k fraction")
+    class_weights: Literal["none", "inverse", "median"] = "none"
+    background: str | None = Field(None, description="class name that every image holds (MIL)")
+
+    @property
+    def weak(self) -> bool:
+        """True for the MIL losses, which train from image labels only."""
+        return self.name in WEAK_LOSSES
+
+
+class DataConfig(_Section):
+    manifest: Path | None = None
+    scheme: str | None = Field(None, description="name or file; null = the manifest's scheme")
+    patch_size: int | None = Field(None, gt=0, description="null = the manifest's patch size")
+    train_split: str = "train"
+    val_split: str = "val"
+    stain_norm: Literal["none", "macenko", "reinhard"] = "none"
+    stain_reference: Path | None = None
+    flips: bool = True
+    rot90: bool = True
+    stain_jitter: float = Field(0.05, ge=0, description="sigma of the H&E OD jitter; 0 = off")
+    color_jitter: float = Field(0.0, ge=0, description="brightness/contrast/saturation strength; 0 = off")
+    balanced: bool = False
+    workers: int = Field(0, ge=0)
+    cache_dir: Path | None = Field(None, description="decoded-region cache; null = <manifest folder>/cache")
+
+    @model_validator(mode="after")
+    def _reference_needed(self) -> DataConfig:
+        if self.stain_norm != "none" and self.stain_reference is None:
+            raise ValueError(f"stain_norm {self.stain_norm} needs data.stain_reference (an image)")
+        return self
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["poly", "constant"] = "poly"
+    power: float = Field(0.9, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class RunConfig(_Section):
+    steps: int | None = Field(None, gt=0, description="optimiser steps; or give epochs")
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(8, gt=0, description="global batch (all processes together)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16/fp16 autocast, CUDA only")
+    channels_last: bool = True
+    log_every: int = Field(10, gt=0)
+    val_every: int = Field(200, gt=0)
+    checkpoint_every: int = Field(100, gt=0)
+    out: Path = Path("train-out")
+    max_val_patches: int | None = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _length(self) -> RunConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give run.steps or run.epochs, not both")
+        if self.steps is None and self.epochs is None:
+            self.steps = 1000
+        return self
+
+
+class TrainConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (paths as strings)."""
+        return self.model_dump(mode="json")
+
+    def dump(self) -> str:
+        """The config as YAML (loads back with :func:`load_config`)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted ``key=value`` overrides in nested ``data`` (values parsed as YAML scalars)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r}: expected key=value (e.g. run.steps=50)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: value is not valid YAML") from None
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config (or start from defaults) and apply ``overrides``.
+
+    Errors are one line naming the file and the field, e.g.
+    ``configs/full.yaml: optim.lr: Input should be greater than 0``.
+    """
+    source = str(path) if path is not None else "config"
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read config: {' '.join(str(exc).split())}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of sections (model, loss, data, optim, run)")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{source}: {field}: {msg}{more}") from None
