@@ -16,13 +16,13 @@ from tissueseg.cli import main
 def render() -> str:
     parts = ["# Command-line reference", "",
              "Generated from `tissueseg <command> --help` by `python docs/make_cli_reference.py`; do not edit.", ""]
-    ctx = click.Context(main, info_name="tissueseg", max_content_width=100)
+    ctx = click.Context(main, info_name="tissueseg", terminal_width=100, max_content_width=100)
     parts += ["## tissueseg", "", "```text", main.get_help(ctx).rstrip(), "```", ""]
     for name in main.list_commands(ctx):
         cmd = main.get_command(ctx, name)
         if cmd is None:
             continue
-        sub = click.Context(cmd, info_name=name, parent=ctx, max_content_width=100)
+        sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
         parts += [f"## tissueseg {name}", "", "```text", cmd.get_help(sub).rstrip(), "```", ""]
     return "\n".join(parts)
 
