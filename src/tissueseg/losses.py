@@ -17,6 +17,11 @@
 With ``background_index`` the background class counts as present in every image.
 ``class_weights`` (K,) weight the per-pixel terms of ``ce``, the per-class terms of the
 BCE losses and the per-class average of ``mil-max``.
+
+Every loss is a mean ``total / count`` (labelled pixels for ``ce``, images for
+``mil-max``, image-class pairs for the BCE losses). ``build_loss(..., parts=True)``
+returns the :class:`LossSum` instead, so that training over several processes can divide
+each process's ``total`` by the ``count`` of the whole global batch.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,36 @@ LOSSES: tuple[str, ...] = ("ce", "mil-max", "sigmoid-max", "lse", "topk")
 MIL_LOSSES: tuple[str, ...] = LOSSES[1:]
 
 
+class LossSum(NamedTuple):
+    """A loss before its mean: summed terms, what the mean divides by, and the mean itself
+    (``total / count`` up to rounding; 0 with a graph when nothing counts)."""
+
+    total: Tensor
+    count: Tensor
+    mean: Tensor
+
+
+def _loss_sum(total: Tensor, count: Tensor, mean: Tensor | None = None) -> LossSum:
+    if mean is None:
+        mean = total / torch.where(count > 0, count, torch.ones_like(count))
+    return LossSum(total, count, mean)
+
+
+def cross_entropy_sum(
+    logits: Tensor, target: Tensor, *, ignore_index: int = 255, class_weights: Tensor | None = None
+) -> LossSum:
+    """Summed pixel cross-entropy and the (class-weighted) number of non-ignored pixels."""
+    target = target.long()
+    weight = None if class_weights is None else class_weights.to(logits)
+    logp = F.log_softmax(logits, dim=1)  # as F.cross_entropy does, so the mean is bit for bit the same
+    total = F.nll_loss(logp, target, weight=weight, ignore_index=ignore_index, reduction="sum")
+    valid = target != ignore_index
+    count = valid.sum().to(total) if weight is None else (weight[torch.where(valid, target, 0)] * valid).sum()
+    if not valid.any():
+        return _loss_sum(total, count, logits.sum() * 0.0)
+    return _loss_sum(total, count, F.nll_loss(logp, target, weight=weight, ignore_index=ignore_index))
+
+
 def cross_entropy(
     logits: Tensor, target: Tensor, *, ignore_index: int = 255, class_weights: Tensor | None = None
 ) -> Tensor:
@@ -42,10 +77,7 @@ def cross_entropy(
 
     A batch whose pixels are all ignored gives 0 (with a graph), not NaN.
     """
-    if not (target != ignore_index).any():
-        return logits.sum() * 0.0
-    weight = None if class_weights is None else class_weights.to(logits)
-    return F.cross_entropy(logits, target.long(), weight=weight, ignore_index=ignore_index)
+    return cross_entropy_sum(logits, target, ignore_index=ignore_index, class_weights=class_weights).mean
 
 
 def _present(labels: Tensor, background_index: int | None) -> Tensor:
@@ -55,9 +87,9 @@ def _present(labels: Tensor, background_index: int | None) -> Tensor:
     return present
 
 
-def mil_max(maps: Tensor, labels: Tensor, *, background_index: int | None = None,
-            class_weights: Tensor | None = None) -> Tensor:
-    """Pathak et al. 2015 MIL loss; see the module docstring."""
+def mil_max_sum(maps: Tensor, labels: Tensor, *, background_index: int | None = None,
+                class_weights: Tensor | None = None) -> LossSum:
+    """Pathak et al. 2015 MIL loss summed over images, and the number of images with a present class."""
     n, k = maps.shape[:2]
     flat = maps.flatten(2)  # (N, K, P)
     where = flat.argmax(2)  # (N, K): location of each class map's maximum
@@ -68,15 +100,23 @@ def mil_max(maps: Tensor, labels: Tensor, *, background_index: int | None = None
         weight = weight * class_weights.to(maps)
     per_image = weight.sum(1)
     has = per_image > 0
-    if not has.any():
-        return maps.sum() * 0.0
-    return ((nll * weight).sum(1)[has] / per_image[has]).mean()
+    per_image_loss = (nll * weight).sum(1) / torch.where(has, per_image, torch.ones_like(per_image))
+    mean = per_image_loss[has].mean() if has.any() else maps.sum() * 0.0
+    return _loss_sum(per_image_loss.sum(), has.sum().to(maps), mean)
 
 
-def _bce(pooled: Tensor, labels: Tensor, background_index: int | None, class_weights: Tensor | None) -> Tensor:
+def mil_max(maps: Tensor, labels: Tensor, *, background_index: int | None = None,
+            class_weights: Tensor | None = None) -> Tensor:
+    """Pathak et al. 2015 MIL loss; see the module docstring."""
+    return mil_max_sum(maps, labels, background_index=background_index, class_weights=class_weights).mean
+
+
+def _bce(pooled: Tensor, labels: Tensor, background_index: int | None, class_weights: Tensor | None) -> LossSum:
     target = _present(labels, background_index).to(pooled)
     weight = None if class_weights is None else class_weights.to(pooled).expand_as(pooled)
-    return F.binary_cross_entropy_with_logits(pooled, target, weight=weight)
+    total = F.binary_cross_entropy_with_logits(pooled, target, weight=weight, reduction="sum")
+    mean = F.binary_cross_entropy_with_logits(pooled, target, weight=weight)
+    return _loss_sum(total, torch.tensor(float(pooled.numel()), device=pooled.device), mean)
 
 
 def max_pool(maps: Tensor) -> Tensor:
@@ -98,8 +138,12 @@ def topk_pool(maps: Tensor, k: float) -> Tensor:
 
 
 def _pooled_bce(pool: Callable[[Tensor], Tensor], maps: Tensor, labels: Tensor, *,
-                background_index: int | None = None, class_weights: Tensor | None = None) -> Tensor:
+                background_index: int | None = None, class_weights: Tensor | None = None) -> LossSum:
     return _bce(pool(maps), labels, background_index, class_weights)
+
+
+def _mean(parts: Callable[..., LossSum], *args: object, **kwargs: object) -> Tensor:
+    return parts(*args, **kwargs).mean
 
 
 def build_loss(
@@ -110,22 +154,30 @@ def build_loss(
     r: float = 5.0,
     k: float = 0.1,
     background_index: int | None = None,
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """The loss called ``name`` with its settings bound; see the module docstring."""
+    parts: bool = False,
+) -> Callable[[Tensor, Tensor], Tensor] | Callable[[Tensor, Tensor], LossSum]:
+    """The loss called ``name`` with its settings bound; see the module docstring.
+
+    ``parts=True``: the callable returns the :class:`LossSum` (``total``, ``count``, ``mean``), not the mean.
+    """
     if name == "ce":
-        return functools.partial(cross_entropy, ignore_index=ignore_index, class_weights=class_weights)
-    if name not in MIL_LOSSES:
+        fn: Callable[..., LossSum] = functools.partial(cross_entropy_sum, ignore_index=ignore_index,
+                                                       class_weights=class_weights)
+    elif name not in MIL_LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
-    if r <= 0:
+    elif r <= 0:
         raise ValueError(f"lse sharpness r must be > 0, got {r}")
-    if not 0 < k <= 1:
+    elif not 0 < k <= 1:
         raise ValueError(f"topk fraction k must be in (0, 1], got {k}")
-    mil = dict(background_index=background_index, class_weights=class_weights)
-    if name == "mil-max":
-        return functools.partial(mil_max, **mil)
-    pool = {
-        "sigmoid-max": max_pool,
-        "lse": functools.partial(lse_pool, r=r),
-        "topk": functools.partial(topk_pool, k=k),
-    }[name]
-    return functools.partial(_pooled_bce, pool, **mil)
+    else:
+        mil = dict(background_index=background_index, class_weights=class_weights)
+        if name == "mil-max":
+            fn = functools.partial(mil_max_sum, **mil)
+        else:
+            pool = {
+                "sigmoid-max": max_pool,
+                "lse": functools.partial(lse_pool, r=r),
+                "topk": functools.partial(topk_pool, k=k),
+            }[name]
+            fn = functools.partial(_pooled_bce, pool, **mil)
+    return fn if parts else functools.partial(_mean, fn)

@@ -10,7 +10,10 @@ and reaches the same weights as an uninterrupted run (data order and augmentatio
 functions of ``(seed, step)``; RNG states are saved).
 
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it runs DistributedDataParallel: each process
-takes its share of every global batch (``run.batch_size``), rank 0 writes the files.
+takes its share of every global batch (``run.batch_size``), the loss is normalised by the
+whole global batch (the same mean as one process), every process scores its share of the
+val split and the confusion matrices are summed, BatchNorm is synchronised on CUDA, and
+rank 0 writes the files (see ``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ from .augment import Augment
 from .checkpoint import model_args, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PatchDataset, RegionCache, StepSampler, balanced_weights, class_pixel_counts
+from .losses import LossSum
 from .manifest import load_manifest
 from .metrics import ConfusionAccumulator, scores
 from .models import build_model, normalization
 from .schemes import IGNORE, ClassScheme, load_scheme, scheme_from_dict
 from .splits import parse_bcss_name
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], LossSum]
 DEFAULT_MPP = 0.25
 RESUME_FREE = ("run.out", "run.device", "data.workers", "data.cache_dir")
 """Config fields that may change between a run and its resumption (they do not change results)."""
@@ -125,15 +129,35 @@ def _device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _init_distributed(device: torch.device) -> tuple[int, int]:
+def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """``(rank, world size, whether this call started the process group)``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    started = False
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started = True
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        return dist.get_rank(), dist.get_world_size(), started
+    return 0, 1, started
+
+
+def _same_on_all_ranks(value: object, what: str) -> None:
+    values: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        raise ValueError(f"the processes disagree on {what} ({values}): run.out and the manifest must be the "
+                         "same files for every process (a shared filesystem across nodes)")
+
+
+def train_mode(module: nn.Module, freeze_bn: bool) -> None:
+    """``module.train()``; with ``freeze_bn`` its BatchNorm layers stay in eval mode (running statistics)."""
+    module.train()
+    if freeze_bn:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def _rng_state() -> dict:
@@ -215,7 +239,7 @@ def _batch(batch: dict, device: torch.device, channels_last: bool) -> tuple[torc
     return x, {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("mask", "labels")}
 
 
-def _loss_value(loss_fn: LossFn, out: torch.Tensor, targets: dict, weak: bool) -> torch.Tensor:
+def _loss_parts(loss_fn: LossFn, out: torch.Tensor, targets: dict, weak: bool) -> LossSum:
     return loss_fn(out.float(), targets["labels"] if weak else targets["mask"])
 
 
@@ -223,21 +247,34 @@ def _loss_value(loss_fn: LossFn, out: torch.Tensor, targets: dict, weak: bool) -
 def evaluate(
     model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, *, loss_fn: LossFn | None = None,
     weak: bool = False, channels_last: bool = True, autocast: contextlib.AbstractContextManager | None = None,
+    reduce: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """``(confusion matrix, mean loss)`` of ``model`` over a loader of full-mode samples."""
+    """``(confusion matrix, mean loss)`` of ``model`` over a loader of full-mode samples.
+
+    ``loss_fn`` gives :class:`~tissueseg.losses.LossSum` parts (``build_loss(..., parts=True)``);
+    the loss is their total over the loader divided by their count. ``reduce``: sum the
+    matrix and the loss parts over the DDP processes (each scored its share of the samples).
+    """
     model.eval()
     acc = ConfusionAccumulator(num_classes, ignore_index=IGNORE)
-    total, n = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in loader:
         x, targets = _batch(batch, device, channels_last)
         with autocast or contextlib.nullcontext():
             logits = model(x)
             if loss_fn is not None:
                 out = getattr(model, "forward_maps", model)(x) if weak else logits
-                total += float(_loss_value(loss_fn, out, targets, weak)) * len(x)
-                n += len(x)
+                parts = _loss_parts(loss_fn, out, targets, weak)
+                sums += torch.stack([parts.total.double(), parts.count.double()])
         acc.add(logits.argmax(1), targets["mask"])
-    return acc.cm, (total / n if n else float("nan"))
+    cm = acc.cm
+    if reduce:
+        cm_t = torch.from_numpy(cm).to(device)
+        dist.all_reduce(cm_t)
+        dist.all_reduce(sums)
+        cm = cm_t.cpu().numpy()
+    total, count = sums.tolist()
+    return cm, (total / count if loss_fn is not None and count > 0 else float("nan"))
 
 
 def plot_curves(history: pd.DataFrame, path: Path) -> Path:
@@ -272,7 +309,8 @@ def _val_subset(df: pd.DataFrame, limit: int | None) -> pd.DataFrame:
 
 
 def make_loss(cfg: TrainConfig, scheme: ClassScheme, train_df: pd.DataFrame, device: torch.device) -> LossFn:
-    """The configured loss, with class weights from the train patches' pixel counts when asked."""
+    """The configured loss as :class:`~tissueseg.losses.LossSum` parts, with class weights from the
+    train patches' pixel counts when asked."""
     from .losses import build_loss
 
     weights = None
@@ -283,7 +321,7 @@ def make_loss(cfg: TrainConfig, scheme: ClassScheme, train_df: pd.DataFrame, dev
         weights = torch.tensor(class_weights(counts, cfg.loss.class_weights), dtype=torch.float32).to(device)
     background = scheme.names.index(cfg.loss.background) if cfg.loss.background is not None else None
     return build_loss(cfg.loss.name, ignore_index=IGNORE, class_weights=weights, r=cfg.loss.r, k=cfg.loss.k,
-                      background_index=background)
+                      background_index=background, parts=True)
 
 
 def make_optimizer(
@@ -307,7 +345,15 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
     if cfg.data.manifest is None:
         raise ValueError("no manifest: set data.manifest (a `tissueseg tile` output)")
     device = _device(cfg.run.device)
-    rank, world = _init_distributed(device)
+    rank, world, started = _init_distributed(device)
+    try:
+        return _train(cfg, quiet, overwrite, device, rank, world)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> TrainResult:
     out = Path(cfg.run.out)
     last_path, best_path = out / "last.pt", out / "best.pt"
     config = cfg.to_dict()
@@ -346,7 +392,13 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
     model_cfg, num_classes, bg = model_args(config, scheme)
     model = build_model(model_cfg, num_classes, background_index=bg)
     mean, std = normalization(model_cfg)
+    if world > 1 and device.type == "cuda":
+        from timm.layers import convert_sync_batchnorm  # also converts timm's BatchNormAct2d
+
+        model = convert_sync_batchnorm(model)
     model = model.to(device)
+    if rank:  # dropout draws other masks in every process
+        torch.manual_seed(cfg.run.seed + 1_000_003 * rank)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -365,10 +417,15 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
         scaler.load_state_dict(st["scaler"])
-        _set_rng_state(st["rng"])
+        ranks = st.get("rng_ranks") or [st["rng"]]
+        _set_rng_state(ranks[rank] if len(ranks) == world else ranks[0])
+        if len(ranks) != world and rank:
+            torch.manual_seed(cfg.run.seed + 1_000_003 * rank + st["step"])
         start, history, running = st["step"], list(st["history"]), list(st["running"])
         best_miou, best_step = st["best_miou"], st["best_step"]
 
+    if world > 1:
+        _same_on_all_ranks(start, "the step to resume from")
     cache = RegionCache(cfg.data.cache_dir or Path(cfg.data.manifest).resolve().parent / "cache")
     stain_normalizer = None
     if cfg.data.stain_norm != "none":
@@ -388,8 +445,8 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
                      worker_init_fn=_ignore_interrupts if cfg.data.workers else None)
     loader = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
     val_loader = None
-    if rank == 0 and not val_df.empty:
-        val_ds = PatchDataset(val_df, mode="full", **common)
+    if not val_df.empty:  # every process scores every world-th val patch
+        val_ds = PatchDataset(val_df.iloc[rank::world], mode="full", **common)
         val_loader = DataLoader(val_ds, batch_size=max(B // world, 1), shuffle=False, **loader_kw)
 
     net: nn.Module = _Net(model, maps=weak)
@@ -403,10 +460,14 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
             "best_miou": best_miou, "best_step": best_step,
         }
 
-    def save_last(step: int) -> None:
+    def save_last(step: int) -> None:  # called by every process at the same steps
+        state = state_dict(step)
+        if world > 1:
+            state["rng_ranks"] = [None] * world
+            dist.all_gather_object(state["rng_ranks"], state["rng"])
         if rank == 0:
             save_checkpoint(last_path, model=model, config=config, scheme=scheme, mpp=mpp, patch_size=patch_size,
-                            state=state_dict(step))
+                            state=state)
 
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=quiet or rank != 0 or None,
                file=sys.stderr, dynamic_ncols=True)
@@ -415,11 +476,20 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
     with _deferred_interrupts() as caught, _deterministic(device.type == "cpu"):
         try:
             for batch in loader:
-                net.train()
+                train_mode(net, cfg.model.freeze_bn)
                 x, targets = _batch(batch, device, cfg.run.channels_last)
                 with autocast:
                     out_ = net(x)
-                loss = _loss_value(loss_fn, out_, targets, weak)
+                parts = _loss_parts(loss_fn, out_, targets, weak)
+                # one all-reduce: the global batch's loss sum and count, and whether any process was stopped
+                sums = torch.stack([parts.total.detach().double(), parts.count.detach().double(),
+                                    torch.tensor(float(bool(caught)), dtype=torch.float64, device=device)])
+                if world > 1:
+                    dist.all_reduce(sums)
+                count = torch.where(sums[1] > 0, sums[1], 1.0)
+                # DDP averages the gradients over the processes: scaling by world gives the global mean's
+                loss = parts.total / count.to(parts.total) * world if world > 1 else parts.mean
+                stop = bool(sums[2] > 0)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -427,11 +497,7 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 step += 1
-                value = loss.detach()
-                if world > 1:
-                    dist.all_reduce(value)
-                    value /= world
-                running[0] += float(value)
+                running[0] += float(sums[0] / count) if world > 1 else float(parts.mean.detach())
                 running[1] += 1
                 seen += B
                 bar.update()
@@ -445,16 +511,18 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
                     running, seen = [0.0, 0], 0
                     if validate and val_loader is not None:
                         cm, val_loss = evaluate(model, val_loader, num_classes, device, loss_fn=loss_fn, weak=weak,
-                                                channels_last=cfg.run.channels_last, autocast=autocast)
+                                                channels_last=cfg.run.channels_last, autocast=autocast,
+                                                reduce=world > 1)
                         sc = scores(cm, scheme.names)
                         row.update(val_miou=sc["miou"], val_loss=val_loss,
                                    **{f"iou_{n}": sc["per_class"][n]["iou"] for n in scheme.names})
                         if sc["miou"] > best_miou:
                             best_miou, best_step = float(sc["miou"]), step
-                            save_checkpoint(best_path, model=model, config=config, scheme=scheme, mpp=mpp,
-                                            patch_size=patch_size)
+                            if rank == 0:
+                                save_checkpoint(best_path, model=model, config=config, scheme=scheme, mpp=mpp,
+                                                patch_size=patch_size)
+                    history.append(row)
                     if rank == 0:
-                        history.append(row)
                         frame = pd.DataFrame(history)
                         with io.atomic_path(out / "metrics.csv") as tmp:
                             frame.to_csv(tmp, index=False)
@@ -463,7 +531,7 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
                     t_log = time.perf_counter()
                 if step % cfg.run.checkpoint_every == 0 or step == total:
                     save_last(step)
-                if caught:
+                if stop:
                     save_last(step)
                     interrupted = True
                     break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -69,4 +70,5 @@ def command(config: Path | None, sets: tuple[str, ...], manifest: Path | None, o
         + f"\nbest: {result.best}\nlast: {result.last}\nmetrics: {result.out / 'metrics.csv'}"
         + f"\ncurves: {result.out / 'curves.png'}"
     )
-    common.emit(result.to_dict(), as_json, text)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process reports
+        common.emit(result.to_dict(), as_json, text)

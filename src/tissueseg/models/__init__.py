@@ -24,6 +24,7 @@ class ModelConfig(BaseModel):
 
     ``output_stride=None`` means the architecture's default: 16 for DeepLabv3+ (ASPP
     rates 6, 12, 18), 8 for the FCN where the encoder can dilate (else its native 32).
+    ``freeze_bn`` is read by training only (see ``docs/distributed.md``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -33,6 +34,7 @@ class ModelConfig(BaseModel):
     weights: Literal["imagenet", "none"] = "imagenet"
     output_stride: Literal[8, 16, 32] | None = None
     in_channels: int = Field(3, ge=1)
+    freeze_bn: bool = Field(False, description="training keeps BatchNorm layers in eval mode (running statistics)")
 
 
 def build_model(cfg: ModelConfig, num_classes: int, *, background_index: int | None = None) -> torch.nn.Module:
