@@ -150,7 +150,7 @@ class _Ledger:
 def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = None) -> dict[str, Any]:
     """Run every stage of ``cfg`` (skipping those that are up to date); return a summary dict."""
     from .colorize import colorize_files
-    from .manifest import find_dataset, load_manifest, pair_files, tile_dataset
+    from .manifest import find_dataset, load_manifest, pair_files
     from .stats import dataset_stats
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -206,11 +206,7 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
     tiles_dir = out / "tiles"
     tile_key = _key(data_key, scheme.to_dict(), cfg.tile.model_dump())
     stage("tile", tile_key, [tiles_dir / "manifest.parquet"],
-          lambda: tile_dataset(pairs, tiles_dir, scheme, size=cfg.tile.size, stride=cfg.tile.stride,
-                               edge=cfg.tile.edge, min_roi=cfg.tile.min_roi, label_threshold=cfg.tile.label_threshold,
-                               split=cfg.tile.split, val_fraction=cfg.tile.val_fraction,
-                               test_fraction=cfg.tile.test_fraction, seed=cfg.tile.seed, workers=cfg.workers,
-                               scheduler=cfg.scheduler, overwrite=True, quiet=quiet))
+          lambda: _tile(cfg, tiles_dir, scheme, pairs=pairs, quiet=quiet))
     manifest, _ = load_manifest(tiles_dir)
     summary["patches"] = {str(k): int(v) for k, v in manifest["split"].value_counts().items()}
 
@@ -226,7 +222,7 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
 
     models: dict[str, dict[str, Any]] = {}
     for name, train_spec in cfg.train.items():
-        models[name] = _model_stages(name, train_spec, cfg, out, scheme, tile_key, tiles_dir, held_images,
+        models[name] = _model_stages(name, train_spec, cfg, out, scheme, pairs, tile_key, tiles_dir, held_images,
                                      held_masks, stage, quiet)
     summary["models"] = {n: m["summary"] for n, m in models.items()}
 
@@ -239,8 +235,8 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
     return summary
 
 
-def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Path, scheme: Any, tile_key: str,
-                  tiles_dir: Path, held_images: list[Path], held_masks: dict[str, Path],
+def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Path, scheme: Any, pairs: list,
+                  tile_key: str, tiles_dir: Path, held_images: list[Path], held_masks: dict[str, Path],
                   stage: Callable[..., bool], quiet: bool) -> dict[str, Any]:
     """Train one model, predict the held-out regions and slides with it, evaluate it."""
     from .checkpoint import load_predictor
@@ -249,10 +245,18 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
 
     spec = dict(spec)
     method = spec.pop("method", "full")
+    manifest = tiles_dir / "manifest.parquet"
+    if method == "weak":  # the default weak method learns from the labels of small patches
+        cell = int(spec.pop("cell", WEAK_CELL))
+        cells_dir = out / f"tiles-{cell}"
+        tile_key = _key(tile_key, cell)
+        stage(f"tile:{name}", tile_key, [cells_dir / "manifest.parquet"],
+              lambda: _tile(cfg, cells_dir, scheme, pairs=pairs, size=cell, stride=cell, edge="pad",
+                            quiet=quiet))
+        manifest = cells_dir / "manifest.parquet"
     train_dir = out / "train" / name
     train_key = _key(tile_key, method, spec)
-    stage(f"train:{name}", train_key, [train_dir / "best.pt"],
-          lambda: _train(method, spec, tiles_dir / "manifest.parquet", train_dir, quiet))
+    stage(f"train:{name}", train_key, [train_dir / "best.pt"], lambda: _train(method, spec, manifest, train_dir, quiet))
     result: dict[str, Any] = {"method": method, "train_dir": train_dir, "summary": {"method": method}}
     predictor = None
 
@@ -311,6 +315,17 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
     return result
 
 
+def _tile(cfg: PipelineConfig, out: Path, scheme: Any, *, pairs: list, quiet: bool, **grid: Any) -> None:
+    """``tile_dataset`` with the config's settings (``grid`` overrides size, stride, edge)."""
+    from .manifest import tile_dataset
+
+    t = cfg.tile.model_dump() | grid
+    tile_dataset(pairs, out, scheme, size=t["size"], stride=t["stride"], edge=t["edge"], min_roi=t["min_roi"],
+                 label_threshold=t["label_threshold"], split=t["split"], val_fraction=t["val_fraction"],
+                 test_fraction=t["test_fraction"], seed=t["seed"], workers=cfg.workers, scheduler=cfg.scheduler,
+                 overwrite=True, quiet=quiet)
+
+
 def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, quiet: bool) -> None:
     from .config import TrainConfig
     from .train import train
@@ -318,12 +333,13 @@ def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, quiet: 
     data = json.loads(json.dumps(spec))  # deep copy
     data.setdefault("data", {})["manifest"] = str(manifest)
     data.setdefault("run", {})["out"] = str(out)
+    cfg = TrainConfig.model_validate(data)
     if method == "weak":
-        from .weak.pipeline import WeakConfig, train_weak
+        from .weak.pipeline import train_weak
 
-        train_weak(WeakConfig.model_validate(data), quiet=quiet, overwrite=True)
+        train_weak(cfg, quiet=quiet, overwrite=True)
     elif method == "full":
-        train(TrainConfig.model_validate(data), quiet=quiet, overwrite=True)
+        train(cfg, quiet=quiet, overwrite=True)
     else:
         raise ValueError(f"train method {method!r}: expected 'full' or 'weak'")
 
@@ -331,6 +347,8 @@ def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, quiet: 
 # ----------------------------------------------------------------------------- demo
 
 
+WEAK_CELL = 32
+"""Side in px of the small patches whose image labels the default weak method learns from."""
 DEMO_TRAIN_STEPS = 200
 
 

@@ -1,0 +1,80 @@
+"""The main job end to end: `tissueseg demo` on a tiny budget, up-to-date stages, the report in a browser."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tissueseg.cli import main
+from tissueseg.pipeline import load_pipeline_config, run_pipeline
+
+from .browser import check_in_browser
+
+TINY = ["--regions", "4", "--size", "384", "--slide-size", "1024", "--steps", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--json", *TINY], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout[res.stdout.index("{"):])
+
+
+@pytest.mark.slow
+def test_demo_writes_every_stage_and_a_report_that_renders(demo):
+    out, summary = demo
+    assert set(summary["stages"]) == {"stats", "colorize", "tile", "train:full", "predict:full", "evaluate:full",
+                                      "slides:full", "tile:weak", "train:weak", "predict:weak", "evaluate:weak",
+                                      "slides:weak"}
+    for name in ("full", "weak"):
+        metrics = json.loads((out / "eval" / name / "metrics.json").read_text())
+        assert metrics["pairs"] >= 1 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
+        assert summary["models"][name]["miou"] == pytest.approx(metrics["miou"])
+        slide = out / "slides" / name / "synth_slide"
+        assert (slide / "labels.tiff").is_file() and (slide / "regions.geojson").is_file()
+    assert (out / "stats" / "proportions.png").is_file() and (out / "tiles" / "manifest.parquet").is_file()
+    html = (out / "report.html").read_text()
+    for section in ("Dataset class proportions", "Sample patches", "Training curves", "Held-out evaluation",
+                    "Predictions on held-out regions", "Whole-slide predictions", "Configuration", "Versions"):
+        assert section in html
+    assert "src=\"file:" not in html
+    result = check_in_browser(out / "report.html", out / "report.png")
+    assert result["bad"] == [] and result["n"] >= 15
+
+
+@pytest.mark.slow
+def test_rerun_redoes_only_what_changed(demo):
+    out, _ = demo
+    cfg = load_pipeline_config(out / "demo.yaml")
+    again = run_pipeline(cfg, quiet=True, log=lambda m: None)
+    assert set(again["stages"].values()) == {"up to date"}
+    cfg.train["weak"]["run"]["steps"] = 2
+    changed = run_pipeline(cfg, quiet=True, log=lambda m: None)
+    redone = {k for k, v in changed["stages"].items() if v != "up to date"}
+    assert redone == {"train:weak", "predict:weak", "evaluate:weak", "slides:weak"}
+
+
+def test_pipeline_config_paths_and_errors(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"out": "runs/x", "data": {"root": "BCSS"},
+                                                     "predict": {"slides": ["s.svs"]}}))
+    cfg = load_pipeline_config(tmp_path / "c.yaml", ["tile.size=512"])
+    assert cfg.out == tmp_path / "runs" / "x" and cfg.data.root == tmp_path / "BCSS"
+    assert cfg.predict.slides == [tmp_path / "s.svs"] and cfg.tile.size == 512
+    assert set(cfg.train) == {"full", "weak"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"out": "x", "data": {"root": "a"}, "tile": {"size": -1}}))
+    with pytest.raises(ValueError, match=r"bad.yaml: tile.size: "):
+        load_pipeline_config(tmp_path / "bad.yaml")
+    (tmp_path / "nodata.yaml").write_text(yaml.safe_dump({"out": "x", "data": {}}))
+    with pytest.raises(ValueError, match=r"nodata.yaml: data: give data.root"):
+        load_pipeline_config(tmp_path / "nodata.yaml")
+
+
+def test_run_reports_a_folder_without_pairs(tmp_path):
+    (tmp_path / "data" / "rgbs_colorNormalized").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"out": "out", "data": {"root": "data"}}))
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "c.yaml"), "--quiet"])
+    assert res.exit_code == 1 and res.output.startswith("error: ") and "folder holds no image files" in res.output
