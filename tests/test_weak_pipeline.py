@@ -98,3 +98,25 @@ def test_train_weak_refuses_bad_manifests_and_keeps_outputs(data, tmp_path):
     with pytest.raises(FileExistsError):
         train_weak(cfg, quiet=True)
     assert (tmp_path / "o" / "best.pt").read_bytes() == b"keep"
+
+
+def test_train_command_runs_the_default_weak_method(data, tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from tissueseg.cli import main
+
+    root = data[0]
+    config = Path(__file__).resolve().parents[1] / "configs" / "weak.yaml"
+    res = CliRunner().invoke(main, ["train", str(config), "--manifest", str(root / "tiles"), "--out",
+                                    str(tmp_path / "w"), "--steps", "2", "--weights", "none", "--quiet", "--json",
+                                    "--set", "run.batch_size=2", "--set", "data.patch_size=64"])
+    assert res.exit_code == 0, res.output
+    predictor = load_predictor(tmp_path / "w" / "best.pt")
+    assert predictor.config["loss"]["name"] == "label-grid" and predictor.config["weak"]["cell"] == CELL
+    assert predictor.patch_size == 64 and predictor.scheme.names == data[1].names
+    with pytest.raises(ValueError, match="label-grid is trained by"):
+        from tissueseg.train import train
+
+        train(TrainConfig.model_validate({"data": {"manifest": str(root / "tiles")}, "loss": {"name": "label-grid"}}))

@@ -2,7 +2,7 @@
 
 A config has five sections (``model``, ``loss``, ``data``, ``optim``, ``run``); every field
 has a default, so an empty file plus ``data.manifest=...`` is a valid config. See
-``configs/full.yaml`` and ``configs/weak.yaml``.
+``configs/full.yaml``, ``configs/weak.yaml`` and ``configs/mil.yaml``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ class _Section(BaseModel):
 
 
 class LossConfig(_Section):
-    name: Literal["ce", "mil-max", "sigmoid-max", "lse", "topk"] = "ce"
+    name: Literal["ce", "label-grid", "mil-max", "sigmoid-max", "lse", "topk"] = Field(
+        "ce", description="ce: pixel masks; label-grid: the default weak method (labels of small patches, "
+                          "tissueseg.weak); the MIL losses: image labels of whole patches")
     r: float = Field(5.0, gt=0, description="LSE sharpness")
     k: float = Field(0.1, gt=0, le=1, description="top-k fraction")
     class_weights: Literal["none", "inverse", "median"] = "none"
     background: str | None = Field(None, description="class name that every image holds (MIL)")
+    presence: float = Field(0.5, ge=0, description="label-grid: weight of the per-cell presence term")
 
     @property
     def weak(self) -> bool:

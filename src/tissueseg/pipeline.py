@@ -333,6 +333,8 @@ def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, quiet: 
     data = json.loads(json.dumps(spec))  # deep copy
     data.setdefault("data", {})["manifest"] = str(manifest)
     data.setdefault("run", {})["out"] = str(out)
+    if method == "weak":
+        data.setdefault("loss", {})["name"] = "label-grid"
     cfg = TrainConfig.model_validate(data)
     if method == "weak":
         from .weak.pipeline import train_weak
@@ -353,20 +355,21 @@ DEMO_TRAIN_STEPS = 200
 
 
 def demo_config(out: Path, steps: int = DEMO_TRAIN_STEPS) -> PipelineConfig:
-    """The pipeline the demo runs on its generated data."""
+    """The pipeline the demo runs on its generated data: 128 px patches so it fits a few CPU minutes."""
     run = {"steps": steps, "batch_size": 8, "val_every": max(steps // 4, 1), "checkpoint_every": max(steps // 4, 1),
            "seed": 0}
     return PipelineConfig(
         out=out,
         data=DataSection(root=out / "data"),
         scheme="bcss5",
-        tile=TileSection(split="bcss-sites", val_fraction=0.25),
-        train={"full": {"run": run}, "weak": {"method": "weak", "run": run}},
-        predict=PredictSection(split="test", max_regions=2, slides=[out / "data" / "slides" / "synth_slide.tiff"]),
+        tile=TileSection(size=128, stride=64, split="bcss-sites", val_fraction=0.25),
+        train={"full": {"run": run, "data": {"workers": 0}}, "weak": {"method": "weak", "run": run}},
+        predict=PredictSection(split="test", max_regions=2, window=256,
+                               slides=[out / "data" / "slides" / "synth_slide.tiff"]),
     )
 
 
-def run_demo(out: str | Path, *, regions: int = 9, size: int = 1024, slide_size: int = 4096,
+def run_demo(out: str | Path, *, regions: int = 9, size: int = 1024, slide_size: int = 3072,
              steps: int = DEMO_TRAIN_STEPS, seed: int = 0, quiet: bool = False, log: Log | None = None) -> dict:
     """Generate a BCSS-like dataset and a pyramidal slide, then run the whole pipeline on them."""
     from .synth import make_dataset, make_slide

@@ -344,6 +344,9 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
     """
     if cfg.data.manifest is None:
         raise ValueError("no manifest: set data.manifest (a `tissueseg tile` output)")
+    if cfg.loss.name == "label-grid":
+        raise ValueError("loss label-grid is trained by tissueseg.weak.pipeline.train_weak (`tissueseg train` "
+                         "calls it)")
     device = _device(cfg.run.device)
     rank, world, started = _init_distributed(device)
     try:

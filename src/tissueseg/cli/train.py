@@ -17,7 +17,9 @@ from . import common
     epilog="""\b
 Examples:
   tissueseg train configs/full.yaml --manifest tiles/ --out runs/full
-  tissueseg train configs/weak.yaml --manifest tiles/ --out runs/weak --steps 2000
+  tissueseg tile data/ --out tiles-32 --size 32 --stride 32 --edge pad
+  tissueseg train configs/weak.yaml --manifest tiles-32/ --out runs/weak --steps 2000
+  tissueseg train configs/mil.yaml --manifest tiles/ --out runs/mil --loss sigmoid-max
   tissueseg train --manifest tiles/ --out runs/quick --set run.batch_size=4 --set model.weights=none
 
 An --out folder that holds last.pt resumes that run (same config) unless --overwrite.""",
@@ -28,8 +30,9 @@ An --out folder that holds last.pt resumes that run (same config) unless --overw
 @click.option("--manifest", type=click.Path(path_type=Path), help="Tiling output (folder or manifest.parquet).")
 @common.out_option(required=False)
 @click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps (run.steps).")
-@click.option("--loss", type=click.Choice(["ce", "mil-max", "sigmoid-max", "lse", "topk"]),
-              help="ce trains from masks; the others from image labels (MIL).")
+@click.option("--loss", type=click.Choice(["ce", "label-grid", "mil-max", "sigmoid-max", "lse", "topk"]),
+              help="ce trains from masks; label-grid (the default weak method) from the image labels of small "
+                   "patches; the MIL losses from the image labels of whole patches.")
 @click.option("--weights", type=click.Choice(["imagenet", "none"]), help="Encoder initialisation (model.weights).")
 @click.option("--scheme", default=None, metavar="NAME|FILE", help="Class scheme (default: the manifest's).")
 @click.option("--workers", "-j", type=click.IntRange(min=0), default=None,
@@ -41,10 +44,14 @@ An --out folder that holds last.pt resumes that run (same config) unless --overw
 def command(config: Path | None, sets: tuple[str, ...], manifest: Path | None, out: Path | None, steps: int | None,
             loss: str | None, weights: str | None, scheme: str | None, workers: int | None, overwrite: bool,
             as_json: bool, quiet: bool) -> None:
-    """Train DeepLabv3+ from pixel masks (loss ce) or an FCN from image labels (MIL losses).
+    """Train DeepLabv3+ from pixel masks (loss ce) or from image-level labels only.
 
-    Writes OUT/best.pt (best val mIoU), OUT/last.pt (resume point), OUT/metrics.csv,
-    OUT/curves.png and OUT/config.yaml.
+    From masks: writes OUT/best.pt (best val mIoU), OUT/last.pt (resume point),
+    OUT/metrics.csv, OUT/curves.png and OUT/config.yaml. From image labels: loss
+    label-grid (the default weak method, configs/weak.yaml) trains DeepLabv3+ from the
+    labels of small patches (a manifest tiled with --size 32 --stride 32 --edge pad) and
+    writes OUT/best.pt; the MIL losses (configs/mil.yaml) train an FCN from the labels of
+    whole patches. See docs/weak-supervision.md.
     """
     from ..config import load_config
     from ..train import train
@@ -55,6 +62,13 @@ def command(config: Path | None, sets: tuple[str, ...], manifest: Path | None, o
     overrides = list(sets) + [f"{k}={json.dumps(v if isinstance(v, int) else str(v))}"
                               for k, v in flags.items() if v is not None]
     cfg = load_config(config, overrides)
+    if cfg.loss.name == "label-grid":
+        from ..weak.pipeline import train_weak
+
+        weak = train_weak(cfg, overwrite=overwrite, quiet=quiet)
+        common.emit(weak.to_dict(), as_json, f"trained {weak.steps} steps on {weak.cell} px label cells "
+                                             f"({weak.seconds:.0f} s)\nbest: {weak.checkpoint}")
+        return
     try:
         result = train(cfg, quiet=quiet, overwrite=overwrite)
     except KeyboardInterrupt as exc:

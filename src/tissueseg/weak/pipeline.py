@@ -64,13 +64,12 @@ def grid_loss(cell: int, presence: float = PRESENCE_WEIGHT, k: float = 0.1):
     return loss
 
 
-def train_weak(cfg: TrainConfig, *, presence: float = PRESENCE_WEIGHT, overwrite: bool = False,
-               quiet: bool = False) -> WeakResult:
+def train_weak(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False) -> WeakResult:
     """Train the label-grid method of ``cfg`` (see the module docstring); ``run.out/best.pt``.
 
     Uses ``model`` (DeepLabv3+ expected), ``data.manifest``/``scheme``/``patch_size``/
     ``train_split``, ``optim.lr``/``weight_decay``, ``run.steps``/``batch_size``/``seed``/``out``
-    and ``loss.k``. Raises ``FileExistsError`` when the checkpoint exists and not ``overwrite``.
+    and ``loss.k``/``loss.presence``. Raises ``FileExistsError`` when the checkpoint exists and not ``overwrite``.
     """
     if cfg.data.manifest is None:
         raise ValueError("data.manifest: the weak method needs a manifest tiled with size = stride")
@@ -103,9 +102,9 @@ def train_weak(cfg: TrainConfig, *, presence: float = PRESENCE_WEIGHT, overwrite
     norm = normalization(cfg.model)
     start = time.perf_counter()
     history = fit(model, crops(regions, size, cfg.run.batch_size, cfg.run.seed, align=cell),
-                  grid_loss(cell, presence, cfg.loss.k), int(cfg.run.steps), norm, lr=cfg.optim.lr,
+                  grid_loss(cell, cfg.loss.presence, cfg.loss.k), int(cfg.run.steps), norm, lr=cfg.optim.lr,
                   weight_decay=cfg.optim.weight_decay, quiet=quiet, desc="weak")
     mpp = float(params.get("mpp") or parse_bcss_name(str(train_df["image_id"].iloc[0]))["mpp"] or DEFAULT_MPP)
-    config = cfg.to_dict() | {"weak": {"method": "label-grid", "cell": cell, "presence": presence}}
+    config = cfg.to_dict() | {"weak": {"method": "label-grid", "cell": cell, "presence": cfg.loss.presence}}
     save_checkpoint(ckpt, model=model, config=config, scheme=scheme, mpp=mpp, patch_size=size)
     return WeakResult(ckpt, len(history), cell, size, float(np.mean(history[-10:])), time.perf_counter() - start)
