@@ -16,7 +16,7 @@ Example:
 @common.out_option(default="demo-out")
 @click.option("--regions", type=click.IntRange(min=3), default=9, show_default=True, help="Generated regions.")
 @click.option("--size", type=click.IntRange(min=256), default=1024, show_default=True, help="Region side in px.")
-@click.option("--slide-size", type=click.IntRange(min=1024), default=4096, show_default=True,
+@click.option("--slide-size", type=click.IntRange(min=1024), default=3072, show_default=True,
               help="Side of the generated whole-slide image in px.")
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Training steps per model.")
 @click.option("--seed", type=int, default=0, show_default=True)
