@@ -20,6 +20,17 @@ def _shared(sub: str) -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread: on 2 shared cores, two threads per process oversubscribe badly."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def bcss_masks_dir() -> Path:
     """The four real full-region BCSS masks (codes 0..21)."""

@@ -8,7 +8,7 @@ has a default, so an empty file plus ``data.manifest=...`` is a valid config. Se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -131,30 +131,41 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML config (or start from defaults) and apply ``overrides``.
-
-    Errors are one line naming the file and the field, e.g.
-    ``configs/full.yaml: optim.lr: Input should be greater than 0``.
-    """
-    source = str(path) if path is not None else "config"
-    data: Any = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such config file")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot read config: {' '.join(str(exc).split())}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections (model, loss, data, optim, run)")
-    data = apply_overrides(data, list(overrides))
+def read_yaml(path: Path | str, what: str = "a mapping of sections (model, loss, data, optim, run)") -> dict[str, Any]:
+    """A YAML file's top-level mapping; one-line errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such config file")
     try:
-        return TrainConfig.model_validate(data)
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read config: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected {what}")
+    return data
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    """``model.model_validate(data)`` with the first error as one line naming the source and field."""
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "config"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         msg = err["msg"].removeprefix("Value error, ")
         raise ValueError(f"{source}: {field}: {msg}{more}") from None
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config (or start from defaults) and apply ``overrides``.
+
+    Errors are one line naming the file and the field, e.g.
+    ``configs/full.yaml: optim.lr: Input should be greater than 0``.
+    """
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides))
+    return validate(TrainConfig, data, str(path) if path is not None else "config")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import io
 from .schemes import load_scheme
@@ -88,24 +88,11 @@ class PipelineConfig(_Section):
 
 def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
     """Read a pipeline YAML; relative paths are relative to the file. Errors name the file and field."""
-    from .config import apply_overrides
+    from .config import apply_overrides, read_yaml, validate
 
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read config: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    data = apply_overrides(data, list(overrides))
-    try:
-        cfg = PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ValueError(f"{path}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
+    data = apply_overrides(read_yaml(path, "a mapping at the top level"), list(overrides))
+    cfg = validate(PipelineConfig, data, str(path))
     base = path.resolve().parent
     fix = lambda p: p if p is None or p.is_absolute() else base / p  # noqa: E731
     cfg.out = fix(cfg.out)
