@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import click
 
 from tissueseg.cli import main
 
@@ -16,13 +15,14 @@ from tissueseg.cli import main
 def render() -> str:
     parts = ["# Command-line reference", "",
              "Generated from `tissueseg <command> --help` by `python docs/make_cli_reference.py`; do not edit.", ""]
-    ctx = click.Context(main, info_name="tissueseg", terminal_width=100, max_content_width=100)
+    ctx = main.make_context("tissueseg", [], resilient_parsing=True, terminal_width=100, max_content_width=100)
     parts += ["## tissueseg", "", "```text", main.get_help(ctx).rstrip(), "```", ""]
     for name in main.list_commands(ctx):
         cmd = main.get_command(ctx, name)
         if cmd is None:
             continue
-        sub = click.Context(cmd, info_name=name, parent=ctx, terminal_width=100, max_content_width=100)
+        sub = cmd.make_context(name, [], parent=ctx, resilient_parsing=True, terminal_width=100,
+                               max_content_width=100)
         parts += [f"## tissueseg {name}", "", "```text", cmd.get_help(sub).rstrip(), "```", ""]
     return "\n".join(parts)
 

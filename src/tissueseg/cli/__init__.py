@@ -16,7 +16,7 @@ COMMANDS: dict[str, str] = {
     "stats": "Pixel counts, proportions and class weights per image and dataset.",
     "tile": "Cut regions and masks into patches; write the manifest.",
     "normalize": "Stain-normalise images (Macenko or Reinhard) to a reference.",
-    "train": "Train a segmenter (DeepLabv3+ from masks, FCN-MIL from image labels).",
+    "train": "Train a segmenter from masks (DeepLabv3+) or from image-level labels only.",
     "predict": "Sliding-window prediction on regions and whole-slide images.",
     "evaluate": "Confusion matrix, IoU, Dice, FwIoU and pixel accuracy.",
     "demo": "The whole pipeline on generated data, from nothing to a report.",
