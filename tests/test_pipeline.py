@@ -55,6 +55,13 @@ def test_rerun_redoes_only_what_changed(demo):
     changed = run_pipeline(cfg, quiet=True, log=lambda m: None)
     redone = {k for k, v in changed["stages"].items() if v != "up to date"}
     assert redone == {"train:weak", "predict:weak", "evaluate:weak", "slides:weak"}
+    ledger = json.loads((out / "pipeline.json").read_text())  # as if Ctrl-C had stopped the full model's training
+    ledger["train:full"] = "running:" + ledger["train:full"]
+    (out / "pipeline.json").write_text(json.dumps(ledger))
+    logs: list[str] = []
+    resumed = run_pipeline(cfg, quiet=True, log=logs.append)
+    assert "[train:full] resuming" in logs
+    assert {k for k, v in resumed["stages"].items() if v != "up to date"} == {"train:full"}
 
 
 def test_pipeline_config_paths_and_errors(tmp_path):

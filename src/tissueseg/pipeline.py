@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import shutil
 import sys
 import time
@@ -117,7 +116,7 @@ def _key(*parts: Any) -> str:
 
 
 class _Ledger:
-    """``pipeline.json``: the key each stage last finished with."""
+    """``pipeline.json``: the key each stage last finished with (``running:<key>`` while it runs)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -129,6 +128,12 @@ class _Ledger:
     def done(self, stage: str, key: str) -> None:
         self.keys[stage] = key
         io.write_json(self.path, self.keys)
+
+    def start(self, stage: str, key: str) -> bool:
+        """Mark ``stage`` running; True when it must start over (not the same interrupted run)."""
+        restart = self.keys.get(stage) != f"running:{key}"
+        self.done(stage, f"running:{key}")
+        return restart
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -147,14 +152,16 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
     summary: dict[str, Any] = {"out": str(out), "stages": {}}
     t_start = time.time()
 
-    def stage(name: str, key: str, outputs: Sequence[Path], fn: Callable[[], Any]) -> bool:
+    def stage(name: str, key: str, outputs: Sequence[Path], fn: Callable[[bool], Any]) -> bool:
+        """Run ``fn(restart)`` unless up to date; ``restart`` is False when resuming the same stage."""
         if ledger.fresh(name, key, outputs):
             log(f"[{name}] up to date")
             summary["stages"][name] = "up to date"
             return False
-        log(f"[{name}] running")
+        restart = ledger.start(name, key)
+        log(f"[{name}] {'running' if restart else 'resuming'}")
         t0 = time.time()
-        fn()
+        fn(restart)
         ledger.done(name, key)
         summary["stages"][name] = f"done in {time.time() - t0:.0f} s"
         return True
@@ -175,14 +182,14 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
     stats_dir = out / "stats"
     stats_key = _key(data_key, scheme.to_dict())
     stage("stats", stats_key, [stats_dir / "stats.json"],
-          lambda: dataset_stats(masks, scheme, workers=cfg.workers, scheduler=cfg.scheduler, quiet=quiet)
+          lambda _: dataset_stats(masks, scheme, workers=cfg.workers, scheduler=cfg.scheduler, quiet=quiet)
           .write(stats_dir, overwrite=True))
 
     # colorize a few regions (report samples)
     color_dir = out / "colorize"
     shown = pairs[: max(cfg.samples, 1)]
 
-    def _colorize() -> None:
+    def _colorize(_: bool) -> None:
         shutil.rmtree(color_dir, ignore_errors=True)
         colorize_files([m for _, m in shown], color_dir, scheme, images=images_dir, workers=cfg.workers,
                        quiet=quiet, overwrite=True)
@@ -193,7 +200,7 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
     tiles_dir = out / "tiles"
     tile_key = _key(data_key, scheme.to_dict(), cfg.tile.model_dump())
     stage("tile", tile_key, [tiles_dir / "manifest.parquet"],
-          lambda: _tile(cfg, tiles_dir, scheme, pairs=pairs, quiet=quiet))
+          lambda restart: _tile(cfg, tiles_dir, scheme, pairs=pairs, overwrite=restart, quiet=quiet))
     manifest, _ = load_manifest(tiles_dir)
     summary["patches"] = {str(k): int(v) for k, v in manifest["split"].value_counts().items()}
 
@@ -238,12 +245,13 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
         cells_dir = out / f"tiles-{cell}"
         tile_key = _key(tile_key, cell)
         stage(f"tile:{name}", tile_key, [cells_dir / "manifest.parquet"],
-              lambda: _tile(cfg, cells_dir, scheme, pairs=pairs, size=cell, stride=cell, edge="pad",
-                            quiet=quiet))
+              lambda restart: _tile(cfg, cells_dir, scheme, pairs=pairs, size=cell, stride=cell, edge="pad",
+                                    overwrite=restart, quiet=quiet))
         manifest = cells_dir / "manifest.parquet"
     train_dir = out / "train" / name
     train_key = _key(tile_key, method, spec)
-    stage(f"train:{name}", train_key, [train_dir / "best.pt"], lambda: _train(method, spec, manifest, train_dir, quiet))
+    stage(f"train:{name}", train_key, [train_dir / "best.pt"],
+          lambda restart: _train(method, spec, manifest, train_dir, restart, quiet))
     result: dict[str, Any] = {"method": method, "train_dir": train_dir, "summary": {"method": method}}
     predictor = None
 
@@ -258,8 +266,9 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
                    device=cfg.predict.device)
     pred_key = _key(train_key, _fingerprint(held_images), cfg.predict.model_dump(exclude={"slides", "slide_mpp"}))
     if held_images:
-        def _predict_regions() -> None:
-            shutil.rmtree(pred_dir, ignore_errors=True)
+        def _predict_regions(restart: bool) -> None:
+            if restart:
+                shutil.rmtree(pred_dir, ignore_errors=True)
             res = predict_files(_predictor(), held_images, pred_dir, workers=1, quiet=quiet, tissue=False, **pred_kw)
             if res.skipped:
                 raise ValueError("; ".join(r for _, r in res.skipped))
@@ -268,7 +277,7 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
               _predict_regions)
         eval_dir = out / "eval" / name
 
-        def _evaluate() -> None:
+        def _evaluate(_: bool) -> None:
             truth = eval_dir / "truth"
             preds = eval_dir / "pred"
             for d in (truth, preds):
@@ -290,9 +299,11 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
         slide_dir = out / "slides" / name
         slide_key = _key(train_key, _fingerprint(cfg.predict.slides), cfg.predict.model_dump())
 
-        def _predict_slides() -> None:
-            res = predict_files(_predictor(), cfg.predict.slides, slide_dir, mpp=cfg.predict.slide_mpp,
-                                overwrite=True, quiet=quiet, **pred_kw)
+        def _predict_slides(restart: bool) -> None:
+            if restart:
+                shutil.rmtree(slide_dir, ignore_errors=True)
+            res = predict_files(_predictor(), cfg.predict.slides, slide_dir, mpp=cfg.predict.slide_mpp, quiet=quiet,
+                                **pred_kw)
             if res.skipped:
                 raise ValueError("; ".join(r for _, r in res.skipped))
 
@@ -302,7 +313,8 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
     return result
 
 
-def _tile(cfg: PipelineConfig, out: Path, scheme: Any, *, pairs: list, quiet: bool, **grid: Any) -> None:
+def _tile(cfg: PipelineConfig, out: Path, scheme: Any, *, pairs: list, overwrite: bool, quiet: bool,
+          **grid: Any) -> None:
     """``tile_dataset`` with the config's settings (``grid`` overrides size, stride, edge)."""
     from .manifest import tile_dataset
 
@@ -310,10 +322,11 @@ def _tile(cfg: PipelineConfig, out: Path, scheme: Any, *, pairs: list, quiet: bo
     tile_dataset(pairs, out, scheme, size=t["size"], stride=t["stride"], edge=t["edge"], min_roi=t["min_roi"],
                  label_threshold=t["label_threshold"], split=t["split"], val_fraction=t["val_fraction"],
                  test_fraction=t["test_fraction"], seed=t["seed"], workers=cfg.workers, scheduler=cfg.scheduler,
-                 overwrite=True, quiet=quiet)
+                 overwrite=overwrite, quiet=quiet)
 
 
-def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, quiet: bool) -> None:
+def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, restart: bool, quiet: bool) -> None:
+    """Train one model; an interrupted run of the same stage resumes from its last checkpoint."""
     from .config import TrainConfig
     from .train import train
 
@@ -326,9 +339,9 @@ def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, quiet: 
     if method == "weak":
         from .weak.pipeline import train_weak
 
-        train_weak(cfg, quiet=quiet, overwrite=True)
+        train_weak(cfg, quiet=quiet, overwrite=True)  # one short stage, no checkpoint to resume from
     elif method == "full":
-        train(cfg, quiet=quiet, overwrite=True)
+        train(cfg, quiet=quiet, overwrite=restart)
     else:
         raise ValueError(f"train method {method!r}: expected 'full' or 'weak'")
 
@@ -372,17 +385,3 @@ def run_demo(out: str | Path, *, regions: int = 9, size: int = 1024, slide_size:
     cfg = demo_config(out, steps)
     io.write_text(out / "demo.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return run_pipeline(cfg, quiet=quiet, log=log)
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the main libraries (for the report)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("tissueseg", "torch", "segmentation-models-pytorch", "timm", "numpy", "openslide-python",
-                "openslide-bin", "tifffile", "zarr"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,6 @@ def build_report(cfg: Any, out: Path, scheme: ClassScheme, shown: list[tuple[Pat
                  stats_dir: Path, tiles_dir: Path, models: dict[str, dict[str, Any]]) -> Path:
     """Write ``out/report.html`` from the stages' outputs and return its path."""
     from .manifest import load_manifest
-    from .pipeline import versions
 
     colors = dict(zip(scheme.names, scheme.colors.tolist()))
     rep = Report("tissueseg report", f"{out} · scheme {scheme.name} · {len(models)} model(s)")
@@ -99,3 +99,17 @@ def build_report(cfg: Any, out: Path, scheme: ClassScheme, shown: list[tuple[Pat
     rep.add_text("Configuration", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     rep.add_text("Versions", "\n".join(f"{k}: {v}" for k, v in versions().items()))
     return rep.write(out / "report.html")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the main libraries (for the report)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("tissueseg", "torch", "segmentation-models-pytorch", "timm", "numpy", "openslide-python",
+                "openslide-bin", "tifffile", "zarr"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
