@@ -18,12 +18,7 @@ from . import common
               help="Opacity of the class colours in overlays.")
 @click.option("--all-classes", is_flag=True, help="Legend lists every class, not only those present.")
 @common.scheme_option()
-@common.workers_option
-@common.scheduler_option
-@common.json_option
-@common.overwrite_option
-@common.quiet_option
-@common.guard
+@common.batch_options
 def command(masks: tuple[Path, ...], out: Path, images: Path | None, alpha: float, all_classes: bool, scheme: str,
             workers: int, scheduler: str | None, as_json: bool, overwrite: bool, quiet: bool) -> None:
     """Write OUT/<stem>.png (palette PNG of class indices) for each mask, and OUT/legend.png.

@@ -64,3 +64,11 @@ def guard(fn: F) -> F:
             fail(str(exc))
 
     return wrapper
+
+
+def batch_options(fn: F) -> F:
+    """The options of every per-file batch command (--workers, --scheduler, --json, --overwrite,
+    --quiet) and the one-line error guard."""
+    for deco in (guard, quiet_option, overwrite_option, json_option, scheduler_option, workers_option):
+        fn = deco(fn)
+    return fn

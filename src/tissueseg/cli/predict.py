@@ -34,12 +34,7 @@ Example:
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 TIFF).")
 @click.option("--no-tissue-detection", "no_tissue", is_flag=True, help="Predict everywhere, glass included.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@common.workers_option
-@common.scheduler_option
-@common.json_option
-@common.overwrite_option
-@common.quiet_option
-@common.guard
+@common.batch_options
 def command(inputs: tuple[Path, ...], model_path: Path, out: Path, scheme: str | None, mpp: float | None,
             target_mpp: float | None, window: int | None, overlap: float, batch_size: int, probabilities: bool,
             no_tissue: bool, device: str, workers: int, scheduler: str | None, as_json: bool, overwrite: bool,

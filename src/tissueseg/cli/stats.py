@@ -13,12 +13,7 @@ from . import common
 @click.argument("masks", nargs=-1, required=True, type=click.Path(path_type=Path))
 @common.out_option()
 @common.scheme_option()
-@common.workers_option
-@common.scheduler_option
-@common.json_option
-@common.overwrite_option
-@common.quiet_option
-@common.guard
+@common.batch_options
 def command(masks: tuple[Path, ...], out: Path, scheme: str, workers: int, scheduler: str | None, as_json: bool,
             overwrite: bool, quiet: bool) -> None:
     """Count classes in MASKS (files or folders of raw-code masks) and write OUT/stats.json,

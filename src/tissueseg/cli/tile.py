@@ -35,12 +35,7 @@ from . import common
 @click.option("--patches", is_flag=True, help="Also write patch PNGs to OUT/patches/{images,masks,palette}.")
 @common.scheme_option()
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
-@common.workers_option
-@common.scheduler_option
-@common.json_option
-@common.overwrite_option
-@common.quiet_option
-@common.guard
+@common.batch_options
 def command(datasets: tuple[Path, ...], images: Path | None, masks: Path | None, image_suffix: str,
             mask_suffix: str, out: Path, size: int, stride: int, edge: str, min_roi: float, label_threshold: float,
             split: str, val_fraction: float, test_fraction: float, patches: bool, scheme: str, seed: int,
