@@ -93,6 +93,18 @@ def test_evaluate_folders_codes_and_skips(tmp_path):
         evaluate_folders(pred, tmp_path / "nope", "bcss5")
 
 
+def test_evaluate_reads_the_predict_layout(tmp_path):
+    pred, truth = _folders(tmp_path)
+    flat = evaluate_folders(pred, truth, "bcss5")
+    nested = tmp_path / "nested"
+    for p in pred.iterdir():  # predict writes <out>/<stem>/labels.png
+        (nested / p.stem).mkdir(parents=True)
+        p.rename(nested / p.stem / "labels.png")
+    r = evaluate_folders(nested, truth, "bcss5")
+    assert r["confusion"] == flat["confusion"] and r["pairs"] == flat["pairs"] == 1
+    assert r["unmatched_predictions"] == [str(nested / "extra" / "labels.png")]
+
+
 def test_evaluate_wsss_convention_ignores_background(tmp_path):
     pred, truth = tmp_path / "p", tmp_path / "t"
     pred.mkdir(), truth.mkdir()

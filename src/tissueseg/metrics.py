@@ -173,9 +173,16 @@ def _pair_cm(pair: tuple[Path, Path], *, scheme: ClassScheme, truth_format: str,
 
 
 def _by_stem(folder: Path, what: str) -> dict[str, Path]:
+    """Image files of ``folder`` by stem, and ``<name>/labels.png`` (the ``predict`` layout) by ``name``."""
     if not folder.is_dir():
         raise io.InputError(folder, f"{what} folder does not exist")
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES}
+    found = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in io.IMAGE_SUFFIXES:
+            found[p.stem] = p
+        elif (p / "labels.png").is_file():
+            found[p.name] = p / "labels.png"
+    return found
 
 
 def evaluate_folders(
@@ -191,7 +198,8 @@ def evaluate_folders(
 ) -> dict[str, Any]:
     """Score the label-map PNGs in ``pred_dir`` against the masks in ``truth_dir``.
 
-    Files pair by stem. Predictions are class-index maps (mode P or L, 255 = nothing);
+    Files pair by stem; a prediction may also be ``pred_dir/<stem>/labels.png``, as
+    ``tissueseg predict`` writes them. Predictions are class-index maps (mode P or L, 255 = nothing);
     truth is raw codes mapped through ``scheme`` (``truth_format="codes"``) or class
     indices (``"labels"``). ``convention="wsss"``: BCSS-WSSS palette masks, the four
     ``bcss-wsss4`` classes, background (index 4) ignored. Unmatched and unreadable files

@@ -278,15 +278,12 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
         eval_dir = out / "eval" / name
 
         def _evaluate(_: bool) -> None:
-            truth = eval_dir / "truth"
-            preds = eval_dir / "pred"
-            for d in (truth, preds):
-                shutil.rmtree(d, ignore_errors=True)
-                d.mkdir(parents=True)
-            for stem, mask in held_masks.items():  # flat folders paired by stem
+            truth = eval_dir / "truth"  # the held-out masks under their image's stem (masks may carry a suffix)
+            shutil.rmtree(truth, ignore_errors=True)
+            truth.mkdir(parents=True)
+            for stem, mask in held_masks.items():
                 (truth / f"{stem}.png").symlink_to(mask)
-                (preds / f"{stem}.png").symlink_to(pred_dir / stem / "labels.png")
-            res = evaluate_folders(preds, truth, scheme, truth_format="codes", quiet=True)
+            res = evaluate_folders(pred_dir, truth, scheme, truth_format="codes", quiet=True)
             io.write_json(eval_dir / "metrics.json", json_safe(res))
             io.write_text(eval_dir / "per_class.csv", per_class_csv(res))
             plot_confusion(np.asarray(res["confusion"]), scheme.names, eval_dir / "confusion.png")
