@@ -10,7 +10,7 @@ tiled at that patch size would hold, threshold 5 % of the ROI); the masks of the
 regions are used only by the full model. Scores: per-class IoU and mIoU on the held-out
 regions (whole-region prediction with flip TTA for every method).
 
-Run: python bench/quality.py --steps 300 --seed 0 [--methods full,sigmoid-max,...] [--out bench-out]
+Run: python bench/quality.py --steps 300 --seed 0 [--data-seed 0] [--methods full,sigmoid-max,...] [--out bench-out]
 Writes the table to <out>/quality.md and the numbers to <out>/quality.json.
 """
 
@@ -35,8 +35,9 @@ from tissueseg.metrics import confusion_matrix, scores
 from tissueseg.models import ModelConfig, build_model, normalization
 from tissueseg.schemes import IGNORE, ClassScheme, load_scheme
 from tissueseg.weak import labelgrid
-from tissueseg.weak.fit import crops, fit, predict_probs
-from tissueseg.weak.pipeline import grid_loss
+from tissueseg.weak.pseudomask import pseudo_mask
+
+from fitloop import crops, decode, encode, fit, grid_loss, predict_probs  # bench/fitloop.py
 
 MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "bcss" / "masks"
 Region = tuple[np.ndarray, np.ndarray]  # (rgb, class-index labels with 255 ignore)
@@ -59,7 +60,12 @@ def make_regions(n: int, size: int, seed: int, scheme: ClassScheme) -> list[Regi
 
 def weak_targets(regions: list[Region], cell: int, k: int) -> list[Region]:
     """Regions with their label grid at ``cell`` px as a bit-coded pixel map (the weak labels)."""
-    return [(rgb, labelgrid.encode(labelgrid.cell_labels(lab, cell, k))) for rgb, lab in regions]
+    return [(rgb, encode(labelgrid.cell_labels(lab, cell, k))) for rgb, lab in regions]
+
+
+def pseudo_targets(regions: list[Region], cell: int, k: int) -> list[Region]:
+    """Regions with the pseudo-mask made from their label grid at ``cell`` px (the default weak method)."""
+    return [(rgb, pseudo_mask(labelgrid.cell_labels(lab, cell, k), cell, lab.shape)) for rgb, lab in regions]
 
 
 def full_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -71,13 +77,14 @@ def mil_loss(name: str, k: int) -> Callable:
     mil = build_loss(name)
 
     def loss(model, x, bits):
-        labels = labelgrid.decode(bits[:, :1, :1], k)[:, :, 0, 0].float()
+        labels = decode(bits[:, :1, :1], k)[:, :, 0, 0].float()
         return mil(model.forward_maps(x), labels)
     return loss
 
 
-METHODS = ("full", "sigmoid-max", "lse", "grid-128", "grid-64", "grid-32")
-"""``grid-<cell>``: the default weak method with labels of ``cell`` px patches; ``grid-crop``: one cell per crop."""
+METHODS = ("full", "mil-max", "sigmoid-max", "lse", "grid-32-set", "grid-128", "grid-64", "grid-32")
+"""``grid-<cell>``: the default weak method (pseudo-masks from the labels of ``cell`` px patches, cross-entropy);
+``grid-<cell>-set``: the same labels with the label-set and presence losses; ``crop`` for ``cell``: one cell per crop."""
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -85,8 +92,8 @@ def run(args: argparse.Namespace) -> dict:
     scheme = load_scheme(args.scheme)
     k, names = scheme.num_classes, scheme.names
     t0 = time.perf_counter()
-    train = make_regions(args.train_regions, args.region_size, args.seed, scheme)
-    test = make_regions(args.test_regions, args.region_size, args.seed + 10_000, scheme)
+    train = make_regions(args.train_regions, args.region_size, args.data_seed, scheme)
+    test = make_regions(args.test_regions, args.region_size, args.data_seed + 10_000, scheme)
     data_s = time.perf_counter() - t0
     results: dict[str, dict] = {}
     for method in args.methods:
@@ -95,9 +102,13 @@ def run(args: argparse.Namespace) -> dict:
             cfg = ModelConfig(arch="fcn", weights=args.weights)
             regions, align, loss = weak_targets(train, args.crop, k), args.crop, mil_loss(method, k)
         elif method.startswith("grid-"):
-            cell = args.crop if method == "grid-crop" else int(method.split("-")[1])
+            size = method.split("-")[1]
+            cell = args.crop if size == "crop" else int(size)
             cfg = ModelConfig(arch="deeplabv3plus", weights=args.weights)
-            regions, align, loss = weak_targets(train, cell, k), cell, grid_loss(cell, args.presence)
+            if method.endswith("-set"):
+                regions, align, loss = weak_targets(train, cell, k), cell, grid_loss(cell, args.presence)
+            else:
+                regions, align, loss = pseudo_targets(train, cell, k), 1, full_loss
         elif method == "full":
             cfg = ModelConfig(arch="deeplabv3plus", weights=args.weights)
             regions, align, loss = train, 1, full_loss
@@ -117,7 +128,8 @@ def run(args: argparse.Namespace) -> dict:
         results[method] = {"miou": sc["miou"], "iou": {n: sc["per_class"][n]["iou"] for n in names},
                            "train_s": train_s, "final_loss": float(np.mean(hist[-20:]))}
         print(f"{method:12s} mIoU {sc['miou']:.3f}  ({train_s:.0f} s)", flush=True)
-    return {"scheme": scheme.name, "classes": names, "seed": args.seed, "steps": args.steps, "batch": args.batch,
+    return {"scheme": scheme.name, "classes": names, "seed": args.seed, "data_seed": args.data_seed,
+            "steps": args.steps, "batch": args.batch,
             "crop": args.crop, "budget_samples": args.steps * args.batch, "train_regions": args.train_regions,
             "test_regions": args.test_regions, "region_size": args.region_size, "weights": args.weights,
             "data_s": data_s, "methods": results}
@@ -133,7 +145,8 @@ def table(res: dict) -> str:
         cells = " | ".join(f"{r['iou'][n]:.3f}" for n in names)
         lines.append(f"| {m} | {cells} | {r['miou']:.3f} | {rel} | {r['train_s']:.0f} |")
     lines.append("")
-    lines.append(f"seed {res['seed']}; budget {res['steps']} steps x batch {res['batch']} = {res['budget_samples']} "
+    lines.append(f"seed {res['seed']} (data seed {res['data_seed']}); budget {res['steps']} steps x batch "
+                 f"{res['batch']} = {res['budget_samples']} "
                  f"samples of {res['crop']} px per method; {res['train_regions']} training / {res['test_regions']} "
                  f"held-out regions of {res['region_size']} px; scheme {res['scheme']}; encoder weights {res['weights']}.")
     return "\n".join(lines)
@@ -144,11 +157,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed (weights, crops, dropout)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated regions")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--scheme", default="bcss5")
     p.add_argument("--train-regions", type=int, default=8)
-    p.add_argument("--test-regions", type=int, default=4)
+    p.add_argument("--test-regions", type=int, default=8)
     p.add_argument("--region-size", type=int, default=768)
     p.add_argument("--presence", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=1e-3)

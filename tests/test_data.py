@@ -75,6 +75,22 @@ def test_normalisation_and_recentred_patch_size(regions, tmp_path):
     torch.testing.assert_close(s["image"], expect)
 
 
+def test_recentred_windows_stay_inside_the_region(regions, tmp_path):
+    df, arrays, _ = regions
+    ds = _dataset(regions, tmp_path, mode="full", patch_size=48)
+    shapes = df[["height", "width"]].to_numpy()
+    windows = np.array([ds.window(i, tuple(shapes[i])) for i in range(len(ds))])
+    x, y, w, h = windows.T
+    assert (w == 48).all() and (h == 48).all()
+    assert (x >= 0).all() and (y >= 0).all() and (x + w <= shapes[:, 1]).all() and (y + h <= shapes[:, 0]).all()
+    inside = (df["x"] - 8 >= 0) & (df["x"] + 40 <= df["width"]) & (df["y"] - 8 >= 0) & (df["y"] + 40 <= df["height"])
+    np.testing.assert_array_equal(x[inside], df["x"][inside] - 8)  # centred where that fits
+    i = int(np.flatnonzero(~inside)[0])  # at the border: region pixels, no padding
+    rgb, _ = arrays[df["image_path"].iloc[i]]
+    got = (ds[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(got, rgb[y[i] : y[i] + 48, x[i] : x[i] + 48])
+
+
 def test_stain_normaliser_is_applied_to_the_crop(regions, tmp_path):
     plain = _dataset(regions, tmp_path, mode="full")[1]["image"]
     inverted = _dataset(regions, tmp_path, mode="full", stain_normalizer=lambda rgb: 255 - rgb)[1]["image"]

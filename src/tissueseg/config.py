@@ -24,13 +24,13 @@ class _Section(BaseModel):
 
 class LossConfig(_Section):
     name: Literal["ce", "label-grid", "mil-max", "sigmoid-max", "lse", "topk"] = Field(
-        "ce", description="ce: pixel masks; label-grid: the default weak method (labels of small patches, "
-                          "tissueseg.weak); the MIL losses: image labels of whole patches")
+        "ce", description="ce: pixel masks; label-grid: the default weak method (pseudo-masks from the labels "
+                          "of small patches, tissueseg.weak); the MIL losses: image labels of whole patches")
     r: float = Field(5.0, gt=0, description="LSE sharpness")
     k: float = Field(0.1, gt=0, le=1, description="top-k fraction")
     class_weights: Literal["none", "inverse", "median"] = "none"
     background: str | None = Field(None, description="class name that every image holds (MIL)")
-    presence: float = Field(0.5, ge=0, description="label-grid: weight of the per-cell presence term")
+    smooth: float = Field(0.25, ge=0, description="label-grid: Gaussian sigma of the pseudo-masks' prior, in cells")
 
     @property
     def weak(self) -> bool:

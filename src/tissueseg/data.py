@@ -43,7 +43,7 @@ class RegionCache:
 
     def image(self, path: str | Path) -> np.ndarray:
         """``(H, W, 3)`` uint8 memory map of an RGB region."""
-        return self._get(Path(path), "img", io.read_image)
+        return self.get(Path(path), "img", io.read_image)
 
     def labels(self, path: str | Path, scheme: ClassScheme) -> np.ndarray:
         """``(H, W)`` uint8 memory map of a mask after ``scheme`` (:data:`IGNORE` = don't care)."""
@@ -56,9 +56,14 @@ class RegionCache:
                 raise io.InputError(p, str(exc)) from None
 
         tag = f"lab-{scheme.name}-" + hashlib.sha1(scheme.lut.tobytes()).hexdigest()[:8]
-        return self._get(path, tag, decode)
+        return self.get(path, tag, decode)
 
-    def _get(self, path: Path, tag: str, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
+    def get(self, path: Path, tag: str, decode: Callable[[Path], np.ndarray]) -> np.ndarray:
+        """The memory map of ``decode(path)``, computed once per (file state, ``tag``).
+
+        ``tag`` names the derived array (its first ``-``-separated word goes in the file
+        name) and must change whenever ``decode`` would give another result.
+        """
         try:
             st = path.stat()
         except OSError:
@@ -94,11 +99,13 @@ class PatchDataset(Dataset):
 
     Rows with ``x``, ``y``, ``size`` are crops of their region; rows without them are whole
     images. ``patch_size`` (default: the manifest's) re-centres a window of that size on the
-    row's window; pixels outside the region are white with an ignored mask. A sample is a
+    row's window, moved inside the region where it fits; pixels outside the region are
+    white with an ignored mask. A sample is a
     dict: ``image`` float ``(3, H, W)`` normalised, ``mask`` long ``(H, W)`` (full mode),
     ``labels`` float ``(K,)`` multi-hot from the ``label_<class>`` columns (weak mode, and
     full mode when the table has them), ``index`` (the row position). Weak mode never reads
-    a mask.
+    a mask. ``label_source`` (full mode) gives a region's ``(H, W)`` class-index map by
+    image path in place of its ``mask_path`` (e.g. :class:`~tissueseg.weak.pseudomask.PseudoMasks`).
     """
 
     def __init__(
@@ -111,13 +118,15 @@ class PatchDataset(Dataset):
         augment: Augment | None = None,
         normalize: tuple[Sequence[float], Sequence[float]] = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
         stain_normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
+        label_source: Callable[[str], np.ndarray] | None = None,
     ):
         if mode not in ("full", "weak"):
             raise ValueError(f"mode must be 'full' or 'weak', got {mode!r}")
         df = manifest_df.reset_index(drop=True)
-        if mode == "full" and "mask_path" not in df.columns:
+        if mode == "full" and label_source is None and "mask_path" not in df.columns:
             raise ValueError("full supervision needs a mask_path column")
         self.df, self.scheme, self.cache, self.mode = df, scheme, cache, mode
+        self.label_source = label_source
         self.augment, self.stain_normalizer = augment, stain_normalizer
         self.mean = torch.tensor(normalize[0], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(normalize[1], dtype=torch.float32).view(3, 1, 1)
@@ -131,7 +140,7 @@ class PatchDataset(Dataset):
         if mode == "weak" or has_labels:
             self.labels = torch.from_numpy(df[label_columns(df, scheme)].to_numpy(np.float32, copy=True))
         self.image_paths = df["image_path"].astype(str).tolist()
-        self.mask_paths = df["mask_path"].astype(str).tolist() if mode == "full" else None
+        self.mask_paths = df["mask_path"].astype(str).tolist() if mode == "full" and label_source is None else None
 
     def __len__(self) -> int:
         return len(self.df)
@@ -146,6 +155,8 @@ class PatchDataset(Dataset):
         if self.patch_size is not None and (w, h) != (self.patch_size, self.patch_size):
             x, y = x + (w - self.patch_size) // 2, y + (h - self.patch_size) // 2
             w = h = self.patch_size
+            if shape[1] >= w and shape[0] >= h:  # moved inside the region rather than padded
+                x, y = min(max(x, 0), shape[1] - w), min(max(y, 0), shape[0] - h)
         return x, y, w, h
 
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor | int]:
@@ -159,9 +170,12 @@ class PatchDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
         mask = None
         if self.mode == "full":
-            labels = self.cache.labels(self.mask_paths[i], self.scheme)
+            if self.label_source is not None:
+                source, labels = self.image_paths[i], self.label_source(self.image_paths[i])
+            else:
+                source, labels = self.mask_paths[i], self.cache.labels(self.mask_paths[i], self.scheme)
             if labels.shape != region.shape[:2]:
-                raise io.InputError(self.mask_paths[i], f"mask {labels.shape} and image {region.shape[:2]} differ")
+                raise io.InputError(source, f"mask {labels.shape} and image {region.shape[:2]} differ")
             mask = torch.from_numpy(crop(labels, x, y, w, h, fill=IGNORE).astype(np.int64))
         if self.augment is not None:
             image, mask = self.augment(image, mask, epoch=epoch, index=i)

@@ -332,15 +332,9 @@ def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, restart
     data.setdefault("run", {})["out"] = str(out)
     if method == "weak":
         data.setdefault("loss", {})["name"] = "label-grid"
-    cfg = TrainConfig.model_validate(data)
-    if method == "weak":
-        from .weak.pipeline import train_weak
-
-        train_weak(cfg, quiet=quiet, overwrite=True)  # one short stage, no checkpoint to resume from
-    elif method == "full":
-        train(cfg, quiet=quiet, overwrite=restart)
-    else:
+    elif method != "full":
         raise ValueError(f"train method {method!r}: expected 'full' or 'weak'")
+    train(TrainConfig.model_validate(data), quiet=quiet, overwrite=restart)
 
 
 # ----------------------------------------------------------------------------- demo

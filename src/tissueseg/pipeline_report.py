@@ -75,8 +75,13 @@ def build_report(cfg: Any, out: Path, scheme: ClassScheme, shown: list[tuple[Pat
     rep.add_figures("Regions and their masks", [(color_dir / f"{m.stem}_overlay.png", m.stem[:24]) for _, m in shown]
                     + [(color_dir / "legend.png", "legend")], width=260)
 
-    rep.add_figures("Training curves", [(m["train_dir"] / "curves.png", name) for name, m in models.items()]
-                    + [(m["train_dir"] / "stage2" / "curves.png", f"{name}: second stage") for name, m in models.items()],
+    pseudo = [(p, f"{name}: {p.stem[:24]}") for name, m in models.items()
+              for p in sorted((m["train_dir"] / "pseudo-masks").glob("*.png"))[:4]]
+    if pseudo:
+        rep.add_figures("Pseudo-masks of the weak model", pseudo, width=260,
+                        note="What the weak model was trained on: masks made from the image labels of small patches "
+                             "only (docs/weak-supervision.md); compare with the regions' true masks above.")
+    rep.add_figures("Training curves", [(m["train_dir"] / "curves.png", name) for name, m in models.items()],
                     width=560)
     evaluated = {name: m for name, m in models.items() if "metrics" in m}
     if evaluated:

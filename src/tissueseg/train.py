@@ -1,13 +1,14 @@
 """The training loop: step-based, resumable, deterministic with the seed, DDP-ready.
 
 :func:`train` reads the manifest, builds the model (DeepLabv3+ or FCN), the loss (CE from
-masks, or a MIL loss from image labels) and a poly-LR optimiser, and trains for
-``run.steps`` steps. Every ``val_every`` steps it scores the val split's pixel masks
-(for weak models too: masks are read for evaluation only), logs ``metrics.csv`` and
-``curves.png`` and keeps ``best.pt`` (by val mIoU) and ``last.pt``. ``last.pt`` is also
-written every ``checkpoint_every`` steps and on Ctrl-C / SIGTERM; a rerun resumes from it
-and reaches the same weights as an uninterrupted run (data order and augmentation are
-functions of ``(seed, step)``; RNG states are saved).
+masks; CE from pseudo-masks made from the labels of small patches, ``label-grid``; or a
+MIL loss from image labels) and a poly-LR optimiser, and trains for ``run.steps`` steps.
+Every ``val_every`` steps it scores the val split's pixel masks (for weak models too:
+masks are read for evaluation only), logs ``metrics.csv`` and ``curves.png`` and keeps
+``best.pt`` (by val mIoU; the latest model when there is no val split) and ``last.pt``.
+``last.pt`` is also written every ``checkpoint_every`` steps and on Ctrl-C / SIGTERM; a
+rerun resumes from it and reaches the same weights as an uninterrupted run (data order
+and augmentation are functions of ``(seed, step)``; RNG states are saved).
 
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it runs DistributedDataParallel: each process
 takes its share of every global batch (``run.batch_size``), the loss is normalised by the
@@ -308,19 +309,21 @@ def _val_subset(df: pd.DataFrame, limit: int | None) -> pd.DataFrame:
     return df.iloc[np.unique(np.linspace(0, len(df) - 1, limit).round().astype(int))]
 
 
-def make_loss(cfg: TrainConfig, scheme: ClassScheme, train_df: pd.DataFrame, device: torch.device) -> LossFn:
-    """The configured loss as :class:`~tissueseg.losses.LossSum` parts, with class weights from the
-    train patches' pixel counts when asked."""
+def make_loss(cfg: TrainConfig, scheme: ClassScheme, train_df: pd.DataFrame, device: torch.device,
+              counts: np.ndarray | None = None) -> LossFn:
+    """The configured loss as :class:`~tissueseg.losses.LossSum` parts, with class weights from
+    pixel ``counts`` (default: the train patches') when asked."""
     from .losses import build_loss
 
     weights = None
     if cfg.loss.class_weights != "none":
         from .stats import class_weights
 
-        counts = class_pixel_counts(train_df, scheme)
+        counts = class_pixel_counts(train_df, scheme) if counts is None else counts
         weights = torch.tensor(class_weights(counts, cfg.loss.class_weights), dtype=torch.float32).to(device)
     background = scheme.names.index(cfg.loss.background) if cfg.loss.background is not None else None
-    return build_loss(cfg.loss.name, ignore_index=IGNORE, class_weights=weights, r=cfg.loss.r, k=cfg.loss.k,
+    name = "ce" if cfg.loss.name == "label-grid" else cfg.loss.name  # label grids train on pseudo-masks
+    return build_loss(name, ignore_index=IGNORE, class_weights=weights, r=cfg.loss.r, k=cfg.loss.k,
                       background_index=background, parts=True)
 
 
@@ -344,9 +347,6 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
     """
     if cfg.data.manifest is None:
         raise ValueError("no manifest: set data.manifest (a `tissueseg tile` output)")
-    if cfg.loss.name == "label-grid":
-        raise ValueError("loss label-grid is trained by tissueseg.weak.pipeline.train_weak (`tissueseg train` "
-                         "calls it)")
     device = _device(cfg.run.device)
     rank, world, started = _init_distributed(device)
     try:
@@ -384,7 +384,13 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
     if train_df.empty:
         raise ValueError(f"{cfg.data.manifest}: no patches in split {cfg.data.train_split!r}")
     params = meta.get("params", meta)
-    patch_size = cfg.data.patch_size or int(params.get("size", train_df["size"].iloc[0]))
+    grid = cfg.loss.name == "label-grid"
+    if grid:
+        cell = int(train_df["size"].iloc[0])
+        if int(params.get("stride", cell)) != cell:
+            raise ValueError(f"{cfg.data.manifest}: tiled with stride {params.get('stride')} != size {cell}; "
+                             "loss label-grid needs the cells of a grid (stride = size, edge pad)")
+    patch_size = cfg.data.patch_size or (4 * cell if grid else int(params.get("size", train_df["size"].iloc[0])))
     mpp = float(params.get("mpp") or parse_bcss_name(str(train_df["image_id"].iloc[0]))["mpp"] or DEFAULT_MPP)
     B = cfg.run.batch_size
     total = cfg.run.steps or math.ceil(cfg.run.epochs * len(train_df) / B)
@@ -405,7 +411,18 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    loss_fn = make_loss(cfg, scheme, train_df, device)
+    cache = RegionCache(cfg.data.cache_dir or Path(cfg.data.manifest).resolve().parent / "cache")
+    pseudo = None
+    if grid:  # the default weak method: pseudo-masks from the labels of the cells
+        from .weak.pseudomask import PseudoMasks
+
+        pseudo = PseudoMasks(train_df, scheme, cache, cfg.loss.smooth, quiet=quiet or rank > 0)
+        if rank == 0:
+            pseudo.write_previews(out / "pseudo-masks", scheme)
+        if "mask_path" not in val_df.columns:  # labels without masks: nothing to validate on
+            val_df = val_df.iloc[:0]
+    loss_fn = make_loss(cfg, scheme, train_df, device,
+                        counts=pseudo.pixel_counts(scheme.num_classes) if pseudo is not None else None)
     optimizer, scheduler = make_optimizer(cfg, model, total)
     amp_dtype = None
     if cfg.run.amp and device.type == "cuda":
@@ -429,7 +446,6 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
 
     if world > 1:
         _same_on_all_ranks(start, "the step to resume from")
-    cache = RegionCache(cfg.data.cache_dir or Path(cfg.data.manifest).resolve().parent / "cache")
     stain_normalizer = None
     if cfg.data.stain_norm != "none":
         from .stain import fit_normalizer
@@ -438,10 +454,10 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
     augment = Augment(cfg.data.flips, cfg.data.rot90, cfg.data.stain_jitter, cfg.data.color_jitter, cfg.run.seed)
     common = dict(scheme=scheme, cache=cache, patch_size=patch_size, normalize=(mean, std),
                   stain_normalizer=stain_normalizer)
-    train_ds = PatchDataset(train_df, mode=mode, augment=augment, **common)
+    train_ds = PatchDataset(train_df, mode=mode, augment=augment, label_source=pseudo, **common)
     sampler = StepSampler(
         len(train_ds), B, cfg.run.seed, start, total, rank=rank, world=world,
-        weights=balanced_weights(train_df, scheme, mode) if cfg.data.balanced else None,
+        weights=balanced_weights(train_df, scheme, "weak" if grid else mode) if cfg.data.balanced else None,
     )
     loader_kw = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                      generator=torch.Generator().manual_seed(cfg.run.seed),
@@ -524,6 +540,11 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
                             if rank == 0:
                                 save_checkpoint(best_path, model=model, config=config, scheme=scheme, mpp=mpp,
                                                 patch_size=patch_size)
+                    elif validate:  # nothing to validate on: best.pt is the latest model
+                        best_step = step
+                        if rank == 0:
+                            save_checkpoint(best_path, model=model, config=config, scheme=scheme, mpp=mpp,
+                                            patch_size=patch_size)
                     history.append(row)
                     if rank == 0:
                         frame = pd.DataFrame(history)

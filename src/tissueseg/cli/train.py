@@ -46,11 +46,11 @@ def command(config: Path | None, sets: tuple[str, ...], manifest: Path | None, o
             as_json: bool, quiet: bool) -> None:
     """Train DeepLabv3+ from pixel masks (loss ce) or from image-level labels only.
 
-    From masks: writes OUT/best.pt (best val mIoU), OUT/last.pt (resume point),
-    OUT/metrics.csv, OUT/curves.png and OUT/config.yaml. From image labels: loss
-    label-grid (the default weak method, configs/weak.yaml) trains DeepLabv3+ from the
-    labels of small patches (a manifest tiled with --size 32 --stride 32 --edge pad) and
-    writes OUT/best.pt; the MIL losses (configs/mil.yaml) train an FCN from the labels of
+    Writes OUT/best.pt (best val mIoU), OUT/last.pt (resume point), OUT/metrics.csv,
+    OUT/curves.png and OUT/config.yaml. From image labels: loss label-grid (the default
+    weak method, configs/weak.yaml) trains DeepLabv3+ on pseudo-masks made from the labels
+    of small patches (a manifest tiled with --size 32 --stride 32 --edge pad; previews in
+    OUT/pseudo-masks/); the MIL losses (configs/mil.yaml) train an FCN from the labels of
     whole patches. See docs/weak-supervision.md.
     """
     from ..config import load_config
@@ -62,13 +62,6 @@ def command(config: Path | None, sets: tuple[str, ...], manifest: Path | None, o
     overrides = list(sets) + [f"{k}={json.dumps(v if isinstance(v, int) else str(v))}"
                               for k, v in flags.items() if v is not None]
     cfg = load_config(config, overrides)
-    if cfg.loss.name == "label-grid":
-        from ..weak.pipeline import train_weak
-
-        weak = train_weak(cfg, overwrite=overwrite, quiet=quiet)
-        common.emit(weak.to_dict(), as_json, f"trained {weak.steps} steps on {weak.cell} px label cells "
-                                             f"({weak.seconds:.0f} s)\nbest: {weak.checkpoint}")
-        return
     try:
         result = train(cfg, quiet=quiet, overwrite=overwrite)
     except KeyboardInterrupt as exc:

@@ -1,8 +1,7 @@
 """Weak supervision: segmenters trained from image-level labels of patches only.
 
-The default method (:func:`pipeline.train_weak`) reads the labels of small patches as a
-*label grid* over each region (:mod:`.labelgrid`) and trains DeepLabv3+ with a per-pixel
-partial-label loss plus a per-cell presence term (:mod:`.losses`); :mod:`.fit` holds the
-training loop and crop sampler it shares with ``bench/quality.py``. See
-``docs/weak-supervision.md`` for the methods compared and the numbers.
+The default method reads the labels of small patches as a *label grid* over each region
+(:mod:`.labelgrid`), turns it into a pseudo-mask per region (:mod:`.pseudomask`) and
+trains DeepLabv3+ on those with the ordinary loop (:func:`tissueseg.train.train`, loss
+``label-grid``). See ``docs/weak-supervision.md`` for the methods compared and the numbers.
 """

@@ -2,25 +2,18 @@
 
 A weak manifest tiled with ``size == stride == cell`` holds, for every ``cell x cell``
 patch, the set of classes present (``label_<class>``) and nothing else. Laid out on the
-patch grid those sets form a coarse ``(gh, gw, K)`` label grid; a training crop aligned on
-the grid then carries, for every pixel, the set of classes that pixel may belong to.
-Sets are bit-coded (bit ``k`` = class ``k``) in one integer map so that the geometric
-augmentation of images and masks (:class:`~tissueseg.augment.Augment`) keeps them
-aligned; ``0`` = no label (outside the ROI) = ignored.
+patch grid those sets form a coarse ``(gh, gw, K)`` multi-hot label grid (all zero = no
+label, e.g. outside the ROI), from which :mod:`.pseudomask` makes pixel masks.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data import label_columns
 from ..schemes import ClassScheme
 from ..tiling import grid, image_labels, patch_fractions
-
-MAX_CLASSES = 62
-"""Bit-coded label sets fit an int64 map: at most this many classes."""
 
 
 def cell_labels(labels: np.ndarray, cell: int, num_classes: int, threshold: float = 0.05) -> np.ndarray:
@@ -55,28 +48,3 @@ def grids_from_manifest(df: pd.DataFrame, scheme: ClassScheme) -> dict[str, np.n
         g[(rows["y"] // cell).to_numpy(), (rows["x"] // cell).to_numpy()] = rows[cols].to_numpy(np.uint8)
         grids[str(path)] = g
     return grids
-
-
-def encode(grid_labels: np.ndarray) -> np.ndarray:
-    """``(..., K)`` multi-hot to bit-coded int64 ``(...)`` (bit ``k`` = class ``k``)."""
-    k = grid_labels.shape[-1]
-    if k > MAX_CLASSES:
-        raise ValueError(f"label grids hold at most {MAX_CLASSES} classes, got {k}")
-    return (grid_labels.astype(np.int64) << np.arange(k, dtype=np.int64)).sum(axis=-1)
-
-
-def crop_bits(bits: np.ndarray, cell: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-    """The ``(h, w)`` pixel map of label sets of a crop at ``(x, y)`` (0 past the region)."""
-    gh, gw = bits.shape
-    ys = np.arange(y, y + h) // cell
-    xs = np.arange(x, x + w) // cell
-    out = bits[np.clip(ys, 0, gh - 1)][:, np.clip(xs, 0, gw - 1)]
-    out[(ys < 0) | (ys >= gh)] = 0
-    out[:, (xs < 0) | (xs >= gw)] = 0
-    return out
-
-
-def decode(bits: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Bit-coded ``(N, H, W)`` label sets to a bool ``(N, K, H, W)`` "allowed" mask."""
-    shifts = torch.arange(num_classes, device=bits.device).view(1, -1, 1, 1)
-    return ((bits.unsqueeze(1) >> shifts) & 1).bool()

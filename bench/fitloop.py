@@ -1,7 +1,21 @@
-"""A small training loop and crop sampler shared by the weak pipeline and bench/quality.py.
+"""The training loop, crop sampler and label-set losses that bench/quality.py compares methods with.
 
 Every method (full or weak) runs through the same :func:`fit` with the same optimiser,
 schedule and batches, so that the only difference between methods is the supervision.
+The library trains with :func:`tissueseg.train.train`; this loop exists so that the bench
+can give every method exactly the same budget, including methods the library does not
+ship: the label-set losses (the previous default weak method) and MIL on crop labels.
+
+Label sets are bit-coded (bit ``k`` = class ``k``) in one integer map so that flips and
+rotations keep them aligned with the image; ``0`` = no label (ignored).
+
+- :func:`labelset_loss`: every pixel belongs to one of its cell's classes. The partial-label
+  cross-entropy ``-log sum_{k in L} p_k`` (the "constrain" term of Kolesnikov & Lampert
+  2016, SEC, applied per cell): for a cell with one class it is the ordinary
+  cross-entropy, for a mixed cell it only pushes down the absent classes.
+- :func:`presence_loss`: every class of a cell occupies some of its pixels. The mean
+  log-probability of the top ``k`` fraction of the cell's pixels for each present class
+  (global weighted rank pooling, the "expand" term of SEC).
 """
 
 from __future__ import annotations
@@ -11,11 +25,78 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .labelgrid import crop_bits
+MAX_CLASSES = 62
+"""Bit-coded label sets fit an int64 map: at most this many classes."""
 
-LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+def encode(grid_labels: np.ndarray) -> np.ndarray:
+    """``(..., K)`` multi-hot to bit-coded int64 ``(...)`` (bit ``k`` = class ``k``)."""
+    k = grid_labels.shape[-1]
+    if k > MAX_CLASSES:
+        raise ValueError(f"label grids hold at most {MAX_CLASSES} classes, got {k}")
+    return (grid_labels.astype(np.int64) << np.arange(k, dtype=np.int64)).sum(axis=-1)
+
+
+def crop_bits(bits: np.ndarray, cell: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The ``(h, w)`` pixel map of label sets of a crop at ``(x, y)`` (0 past the region)."""
+    gh, gw = bits.shape
+    ys = np.arange(y, y + h) // cell
+    xs = np.arange(x, x + w) // cell
+    out = bits[np.clip(ys, 0, gh - 1)][:, np.clip(xs, 0, gw - 1)]
+    out[(ys < 0) | (ys >= gh)] = 0
+    out[:, (xs < 0) | (xs >= gw)] = 0
+    return out
+
+
+def decode(bits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Bit-coded ``(N, H, W)`` label sets to a bool ``(N, K, H, W)`` "allowed" mask."""
+    shifts = torch.arange(num_classes, device=bits.device).view(1, -1, 1, 1)
+    return ((bits.unsqueeze(1) >> shifts) & 1).bool()
+
+
+def labelset_loss(logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log sum_{k in L(i)} softmax(logits)_k(i)`` over pixels ``i`` with a label set.
+
+    ``logits`` ``(N, K, H, W)``; ``bits`` ``(N, H, W)`` bit-coded label sets (0 = ignored).
+    """
+    allowed = decode(bits, logits.shape[1])
+    logp = F.log_softmax(logits.float(), dim=1)
+    ll = torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=1)
+    valid = bits > 0
+    return -ll[valid].mean() if bool(valid.any()) else logits.sum() * 0.0
+
+
+def presence_loss(logits: torch.Tensor, bits: torch.Tensor, cell: int, k: float = 0.1) -> torch.Tensor:
+    """Mean over (cell, present class) of ``-mean(top-k fraction of log p_class in the cell)``.
+
+    The crop must be aligned on the grid: ``H`` and ``W`` multiples of ``cell``.
+    """
+    n, K, h, w = logits.shape
+    if h % cell or w % cell:
+        raise ValueError(f"crop {h}x{w} is not a multiple of the {cell}-pixel cell")
+    gh, gw = h // cell, w // cell
+    logp = F.log_softmax(logits.float(), dim=1)
+    cells = logp.view(n, K, gh, cell, gw, cell).permute(0, 1, 2, 4, 3, 5).reshape(n, K, gh, gw, cell * cell)
+    top = max(1, round(k * cell * cell))
+    pooled = cells.topk(top, dim=-1).values.mean(dim=-1)
+    present = decode(bits[:, ::cell, ::cell], K)
+    return -pooled[present].mean() if bool(present.any()) else logits.sum() * 0.0
+
+
+def grid_loss(cell: int, presence: float = 0.5, k: float = 0.1) -> Callable:
+    """``loss(model, x, bits)``: :func:`labelset_loss` + ``presence`` x :func:`presence_loss`."""
+
+    def loss(model: torch.nn.Module, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        value = labelset_loss(logits, bits)
+        if presence > 0:
+            value = value + presence * presence_loss(logits, bits, cell, k)
+        return value
+
+    return loss
 
 
 def to_input(rgb: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
