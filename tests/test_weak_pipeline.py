@@ -103,6 +103,21 @@ def test_label_grid_trains_on_pseudo_masks_without_reading_masks(data, tmp_path)
     assert load_predictor(result.best).config["loss"]["name"] == "label-grid"
 
 
+def test_pseudo_masks_source_serves_the_cached_masks_and_their_counts(data, tmp_path):
+    from tissueseg.data import RegionCache
+    from tissueseg.weak.pseudomask import PseudoMasks, pseudo_mask
+
+    root, scheme, *_ = data
+    df, _ = load_manifest(root / "cells")
+    source = PseudoMasks(df, scheme, RegionCache(tmp_path / "cache"), quiet=True)
+    masks = {path: pseudo_mask(g, CELL, (SIZE, SIZE)) for path, g in labelgrid.grids_from_manifest(df, scheme).items()}
+    for path, mask in masks.items():
+        np.testing.assert_array_equal(source(path), mask)
+    assert len(list((tmp_path / "cache").glob("*.pseudo.*.npy"))) == len(masks)  # computed once, cached
+    expected = sum(np.bincount(m.ravel(), minlength=256)[: scheme.num_classes] for m in masks.values())
+    np.testing.assert_array_equal(source.pixel_counts(scheme.num_classes), expected)
+
+
 def test_label_grid_refuses_overlapping_cells(data, tmp_path):
     root, scheme, pairs, *_ = data
     tile_dataset(pairs, tmp_path / "t", scheme, size=32, stride=16, split="none", quiet=True)

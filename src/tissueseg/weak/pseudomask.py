@@ -32,6 +32,7 @@ from .. import io
 from ..colorize import colorize
 from ..data import RegionCache
 from ..schemes import IGNORE, ClassScheme
+from ..stats import count_codes
 from . import labelgrid
 
 PREVIEW_SIDE = 1024
@@ -39,6 +40,7 @@ PREVIEW_SIDE = 1024
 
 DEFAULT_SMOOTH = 0.25
 """Gaussian sigma of the prior, in cells."""
+
 
 def _upsample(plane: np.ndarray, cell: int, interpolation: int) -> np.ndarray:
     gh, gw = plane.shape
@@ -108,9 +110,10 @@ def pseudo_mask(
     for r0 in range(0, gh, band):
         r1 = min(r0 + band, gh)
         a, b = max(r0 - halo, 0), min(r1 + halo, gh)
-        rows = slice((r0 - a) * cell, (r0 - a) * cell + min(r1 * cell, h) - r0 * cell)
-        best = np.zeros((rows.stop - rows.start, w), np.float32)
-        labels = out[r0 * cell : r0 * cell + best.shape[0]]
+        top, n = (r0 - a) * cell, min(r1 * cell, h) - r0 * cell  # the band's rows in the halo'd map, and in out
+        rows = slice(top, top + n)
+        best = np.zeros((n, w), np.float32)
+        labels = out[r0 * cell : r0 * cell + n]
         for c, weight in _class_weights(grid[a:b], cell, smooth):
             weight = weight[rows, :w]
             np.copyto(labels, c, where=weight > best)
@@ -133,33 +136,28 @@ class PseudoMasks:
 
     def __init__(self, df: pd.DataFrame, scheme: ClassScheme, cache: RegionCache, smooth: float = DEFAULT_SMOOTH,
                  quiet: bool = False):
-        self.cell = int(df["size"].iloc[0])
-        self.smooth, self.cache = float(smooth), cache
+        cell, smooth = int(df["size"].iloc[0]), float(smooth)
+        self.cache = cache
         shapes = df.groupby("image_path", sort=False)[["height", "width"]].first()
-        self._grids = {
-            path: (grid, (int(shapes.loc[path, "height"]), int(shapes.loc[path, "width"])))
-            for path, grid in labelgrid.grids_from_manifest(df, scheme).items()
-        }
-        for path in tqdm(self._grids, desc="pseudo-masks", disable=quiet or None, file=sys.stderr, leave=False):
+        self._sources: dict[str, tuple[str, partial]] = {}  # image path -> (cache tag, how to compute)
+        for path, grid in labelgrid.grids_from_manifest(df, scheme).items():
+            shape = (int(shapes.loc[path, "height"]), int(shapes.loc[path, "width"]))
+            key = hashlib.sha1(grid.tobytes() + repr((grid.shape, cell, shape, smooth)).encode()).hexdigest()
+            self._sources[path] = (f"pseudo-{key[:12]}", partial(_pseudo_mask_of, grid, cell, shape, smooth))
+        for path in tqdm(self._sources, desc="pseudo-masks", disable=quiet or None, file=sys.stderr, leave=False):
             self(path)
 
-    @property
-    def paths(self) -> list[str]:
-        return list(self._grids)
-
     def __call__(self, path: str) -> np.ndarray:
-        grid, shape = self._grids[str(path)]
-        key = hashlib.sha1(grid.tobytes() + repr((grid.shape, self.cell, shape, self.smooth)).encode()).hexdigest()
-        return self.cache.get(Path(path), f"pseudo-{key[:12]}", partial(_pseudo_mask_of, grid, self.cell, shape,
-                                                                        self.smooth))
+        tag, make = self._sources[str(path)]
+        return self.cache.get(Path(path), tag, make)
 
     def pixel_counts(self, num_classes: int) -> np.ndarray:
         """Pixels of every class over all pseudo-masks (for class weights)."""
-        return sum(np.bincount(np.asarray(self(p)).ravel(), minlength=256)[:num_classes] for p in self._grids)
+        return sum(count_codes(np.asarray(self(p)))[:num_classes] for p in self._sources)
 
     def write_previews(self, folder: str | Path, scheme: ClassScheme) -> None:
         """Palette PNGs ``<folder>/<stem>.png`` (longest side at most :data:`PREVIEW_SIDE`), to look at."""
-        for path in self._grids:
+        for path in self._sources:
             mask = self(path)
             step = -(-max(mask.shape) // PREVIEW_SIDE)
             io.write_png(Path(folder) / f"{Path(path).stem}.png",
