@@ -9,7 +9,7 @@ skips sizes whose generation would not fit). Each size runs in a fresh subproces
 predict_image (reading, tissue detection, blending, zarr, TIFF/GeoJSON export) and then,
 in the same process, the model alone on the same number of windows as random tensors.
 Peak RSS is ``ru_maxrss`` of the subprocess read right after the prediction. The model is
-DeepLabv3+ / efficientnet_lite0 with random weights (speed only), or ``--model tiny`` (a
+DeepLabv3+ / tf_efficientnet_lite0 with random weights (speed only), or ``--model tiny`` (a
 2-layer conv net: reading, stitching and export dominate; shows memory against area). The
 rate is target MP per second (the slide's area at ``--target-mpp``): "MP/s" over the whole predict_image
 call, "engine MP/s" over the sliding window alone (reading, model, blending, zarr writes;
@@ -33,7 +33,7 @@ SLIDE_MPP = 0.5
 
 
 def build_predictor(window: int, device: str, kind: str = "deeplab"):
-    """DeepLabv3+ / efficientnet_lite0 (random weights), or ``tiny``: a 2-layer conv net that
+    """DeepLabv3+ / tf_efficientnet_lite0 (random weights), or ``tiny``: a 2-layer conv net that
     makes reading, stitching and export the cost."""
     import torch
 
@@ -43,7 +43,7 @@ def build_predictor(window: int, device: str, kind: str = "deeplab"):
     from tissueseg.schemes import bcss5
 
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="deeplabv3plus", encoder="efficientnet_lite0", weights="none")
+    cfg = ModelConfig(arch="deeplabv3plus", encoder="tf_efficientnet_lite0", weights="none")
     dev = resolve_device(device)
     if kind == "tiny":
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 3, padding=1))

@@ -118,7 +118,7 @@ def main() -> None:
 
         dev = _device(args.device)
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-        print(f"\n{args.arch}/efficientnet_lite0, batch {args.batch} x {patch} px, {args.steps} steps, {name}")
+        print(f"\n{args.arch}/tf_efficientnet_lite0, batch {args.batch} x {patch} px, {args.steps} steps, {name}")
         print(f"{'workers':>7}  {'model only':>12}  {'real step':>12}  {'overhead':>8}")
         for workers, base, full in rows:
             print(f"{workers:>7}  {base:>9.1f} p/s  {full:>9.1f} p/s  {1 - full / base:>7.1%}")

@@ -21,10 +21,20 @@ def _batch(rgb: np.ndarray, cfg: ModelConfig, size: int = 224) -> torch.Tensor:
     return ((torch.from_numpy(x).permute(2, 0, 1) - mean) / std)[None]
 
 
+LITE0 = "tf_efficientnet_lite0"
+
+
+def _shipped(arch: str) -> torch.nn.Module:
+    """The shipped Lite0 weights loaded by position into timm's ``arch``."""
+    model = timm.create_model(arch, pretrained=False)
+    model.load_state_dict(dict(zip(model.state_dict(), encoders.shipped_state_dict(LITE0).values())))
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def lite0_imagenet() -> torch.nn.Module:
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
-    encoders.load_shipped(model, "efficientnet_lite0")
+    model = timm.create_model(LITE0, pretrained=False)
+    encoders.load_shipped(model, LITE0)
     return model.eval()
 
 
@@ -71,8 +81,8 @@ def test_imagenet_offline_without_shipped_weights_is_a_clear_error(monkeypatch):
 
 
 def test_shipped_weights_pair_with_timm_by_position():
-    mapped = encoders.shipped_state_dict("efficientnet_lite0")
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+    mapped = encoders.shipped_state_dict(LITE0)
+    target = timm.create_model(LITE0, pretrained=False).state_dict()
     assert list(mapped) == list(target)
     assert all(mapped[k].shape == target[k].shape for k in target)
     assert normalization(ModelConfig()) == ((0.5,) * 3, (0.5,) * 3)
@@ -88,6 +98,24 @@ def test_shipped_weights_classify_real_photos(lite0_imagenet, image, classes):
         probs = lite0_imagenet(_batch(image, ModelConfig())).softmax(1)[0]
     assert int(probs.argmax()) in classes
     assert float(probs[list(classes)].sum()) > 0.5
+
+
+CAT, ESPRESSO = 285, 967  # ImageNet: Egyptian cat, espresso
+
+
+def test_shipped_weights_are_loaded_into_the_tf_architecture_they_were_trained_in():
+    """The TF port (SAME padding, BatchNorm eps 1e-3) is surer of the right class in timm's
+    tf_ model than in the plain one; these probabilities are the regression figures."""
+    assert ModelConfig().encoder == LITE0
+    x = torch.cat([_batch(skdata.chelsea(), ModelConfig()), _batch(skdata.coffee(), ModelConfig())])
+    probs = {}
+    for arch in (LITE0, "efficientnet_lite0"):
+        with torch.no_grad():
+            p = _shipped(arch)(x).softmax(1)
+        assert p.argmax(1).tolist() == [CAT, ESPRESSO], arch
+        probs[arch] = p[[0, 1], [CAT, ESPRESSO]]
+    torch.testing.assert_close(probs[LITE0], torch.tensor([0.773, 0.902]), atol=0.01, rtol=0)
+    assert bool((probs[LITE0] > probs["efficientnet_lite0"] + 0.05).all())
 
 
 def test_pretrained_encoder_in_segmenters_matches_classifier(lite0_imagenet):
@@ -107,7 +135,7 @@ def test_pretrained_features_on_real_he_separate_tissues(lite0_imagenet, nct_dir
     same = torch.tensor([[a == b for b in names] for a in names]) & ~torch.eye(len(names), dtype=torch.bool)
     diff = torch.tensor([[a != b for b in names] for a in names])
     x = torch.cat([_batch(io.read_image(p), ModelConfig()) for p in tiles])
-    random = timm.create_model("efficientnet_lite0", pretrained=False).eval()
+    random = timm.create_model(LITE0, pretrained=False).eval()
 
     def features(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

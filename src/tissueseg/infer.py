@@ -13,7 +13,7 @@ bounded queue of read-ahead batches; the label map (and uint8 probabilities) go 
 stores on disk a band at a time (band = ``stride`` rows, one zarr chunk row). Add the
 band's temporaries (about ``3 * 4 * K * stride * width`` bytes when probabilities are
 written). Stitching stays under 1.5 GB for K <= 6, window 512, 40,000 px wide; the model
-and one batch of activations come on top (DeepLabv3+ / efficientnet_lite0 on CPU: about
+and one batch of activations come on top (DeepLabv3+ / tf_efficientnet_lite0 on CPU: about
 0.9 GB loaded, +0.85 GB for 8 windows of 512 px; see bench/predict.py). Peak memory grows
 with slide width, never with area.
 

