@@ -37,7 +37,7 @@ def build_predictor(window: int, device: str, kind: str = "deeplab"):
     makes reading, stitching and export the cost."""
     import torch
 
-    from tissueseg.checkpoint import Predictor
+    from tissueseg.checkpoint import Predictor, Preprocessing
     from tissueseg.infer import resolve_device
     from tissueseg.models import ModelConfig, build_model, normalization
     from tissueseg.schemes import bcss5
@@ -51,7 +51,7 @@ def build_predictor(window: int, device: str, kind: str = "deeplab"):
         model = build_model(cfg, 5)
     model = model.to(dev, memory_format=torch.channels_last).eval()
     mean, std = normalization(cfg)
-    return Predictor(model, bcss5(), SLIDE_MPP, window, tuple(mean), tuple(std), {"model": cfg.model_dump()})
+    return Predictor(model, bcss5(), Preprocessing(SLIDE_MPP, window, tuple(mean), tuple(std)), {"model": cfg.model_dump()})
 
 
 def model_only(predictor, windows: int, window: int, batch: int) -> float:
@@ -66,8 +66,7 @@ def model_only(predictor, windows: int, window: int, batch: int) -> float:
             n = min(batch, windows - i)
             x = torch.randint(0, 256, (n, window, window, 3), dtype=torch.uint8, generator=gen)
             with torch.autocast(dev.type, enabled=dev.type == "cuda"):
-                logits = predictor.model(predictor.preprocess(x.to(dev)))
-            torch.softmax(logits.float(), 1).cpu()
+                predictor.probabilities(predictor.preprocess(x)).cpu()
     return time.perf_counter() - t0
 
 

@@ -13,9 +13,15 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+REQUIRE_SHARED = os.environ.get("TISSUESEG_REQUIRE_SHARED", "") not in ("", "0")
+"""Set in CI (.ci/run): a test that needs ../shared fails instead of skipping when it is absent."""
+
+
 def _shared(sub: str) -> Path:
     path = SHARED_DATA / sub
     if not path.exists():
+        if REQUIRE_SHARED:
+            pytest.fail(f"real data not available: {path} (TISSUESEG_REQUIRE_SHARED is set)")
         pytest.skip(f"real data not available: {path}")
     return path
 
@@ -58,3 +64,9 @@ def kaggle_sample_dir() -> Path:
 def nct_dir() -> Path:
     """A few real NCT-CRC-HE tiles per tissue class."""
     return _shared("nct_crc_he_samples")
+
+
+@pytest.fixture(scope="session")
+def bcss_wsss_dir() -> Path:
+    """The real BCSS-WSSS sample in its published layout (training/, val/img, val/mask)."""
+    return _shared("bcss-wsss-sample")

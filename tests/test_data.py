@@ -1,4 +1,4 @@
-"""Datasets over the manifest: crops, labels, weak mode, caching, augmentation, sampling."""
+"""Datasets over the manifest: crops, labels, label-only samples, caching, augmentation, sampling."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _dataset(regions, tmp_path, **kw):
 
 def test_crops_equal_the_source_pixels_and_masks_are_the_scheme_applied(regions, tmp_path):
     df, arrays, _ = regions
-    ds = _dataset(regions, tmp_path, mode="full")
+    ds = _dataset(regions, tmp_path, targets="masks")
     assert len(ds) == len(df) and (df["x"] + SIZE > df["width"]).any()  # some windows cross the border
     scheme = bcss5()
     for i in range(len(ds)):
@@ -65,7 +65,7 @@ def test_crops_equal_the_source_pixels_and_masks_are_the_scheme_applied(regions,
 def test_normalisation_and_recentred_patch_size(regions, tmp_path):
     df, arrays, _ = regions
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
-    ds = _dataset(regions, tmp_path, mode="full", patch_size=16, normalize=(mean, std))
+    ds = _dataset(regions, tmp_path, targets="masks", patch_size=16, normalize=(mean, std))
     s = ds[0]
     rgb, _ = arrays[df["image_path"].iloc[0]]
     x, y = int(df["x"].iloc[0]) + 8, int(df["y"].iloc[0]) + 8  # a 16 px window centred on the 32 px patch
@@ -77,7 +77,7 @@ def test_normalisation_and_recentred_patch_size(regions, tmp_path):
 
 def test_recentred_windows_stay_inside_the_region(regions, tmp_path):
     df, arrays, _ = regions
-    ds = _dataset(regions, tmp_path, mode="full", patch_size=48)
+    ds = _dataset(regions, tmp_path, targets="masks", patch_size=48)
     shapes = df[["height", "width"]].to_numpy()
     windows = np.array([ds.window(i, tuple(shapes[i])) for i in range(len(ds))])
     x, y, w, h = windows.T
@@ -92,32 +92,32 @@ def test_recentred_windows_stay_inside_the_region(regions, tmp_path):
 
 
 def test_stain_normaliser_is_applied_to_the_crop(regions, tmp_path):
-    plain = _dataset(regions, tmp_path, mode="full")[1]["image"]
-    inverted = _dataset(regions, tmp_path, mode="full", stain_normalizer=lambda rgb: 255 - rgb)[1]["image"]
+    plain = _dataset(regions, tmp_path, targets="masks")[1]["image"]
+    inverted = _dataset(regions, tmp_path, targets="masks", stain_normalizer=lambda rgb: 255 - rgb)[1]["image"]
     torch.testing.assert_close(inverted, 1 - plain)
 
 
-def test_weak_mode_never_reads_a_mask(regions, tmp_path, monkeypatch):
+def test_label_only_samples_never_read_a_mask(regions, tmp_path, monkeypatch):
     df, _, _ = regions
     scheme = bcss5()
 
     def refuse(path):
-        raise AssertionError(f"weak mode read the mask {path}")
+        raise AssertionError(f"a label-only dataset read the mask {path}")
 
     monkeypatch.setattr(io, "read_mask", refuse)
-    ds = _dataset(regions, tmp_path, mode="weak")
+    ds = _dataset(regions, tmp_path, targets="labels")
     batch = next(iter(DataLoader(ds, batch_size=len(ds))))
     assert "mask" not in batch
     np.testing.assert_array_equal(batch["labels"].numpy(), df[[f"label_{n}" for n in scheme.names]].to_numpy())
     with pytest.raises(AssertionError, match="read the mask"):  # the guard is live: full mode does read it
-        _dataset(regions, tmp_path, mode="full")[0]
+        _dataset(regions, tmp_path, targets="masks")[0]
 
 
 def test_whole_image_table_without_coordinates(regions, tmp_path):
     """A BCSS-WSSS-style table (image_path + label_<class>) gives whole images and labels."""
     df, arrays, _ = regions
     table = df.drop_duplicates("image_path")[["image_path"] + [f"label_{n}" for n in bcss5().names]]
-    ds = PatchDataset(table.iloc[:1], bcss5(), RegionCache(tmp_path / "c"), mode="weak")
+    ds = PatchDataset(table.iloc[:1], bcss5(), RegionCache(tmp_path / "c"), targets="labels")
     rgb, _ = arrays[table["image_path"].iloc[0]]
     s = ds[0]
     np.testing.assert_array_equal((s["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), rgb)
@@ -169,7 +169,7 @@ def test_augment_is_a_function_of_seed_epoch_and_index():
 
 
 def test_batches_are_the_same_with_any_number_of_workers(regions, tmp_path):
-    ds = _dataset(regions, tmp_path, mode="full", augment=Augment(color_jitter=0.2, seed=1))
+    ds = _dataset(regions, tmp_path, targets="masks", augment=Augment(color_jitter=0.2, seed=1))
     sampler = StepSampler(len(ds), 4, seed=0, start=0, stop=3)
     serial = list(DataLoader(ds, batch_sampler=sampler, num_workers=0))
     parallel = list(DataLoader(ds, batch_sampler=sampler, num_workers=2))
@@ -198,7 +198,7 @@ def test_balanced_sampling_draws_a_rare_class_more_often():
     fr[:, 0] = 1.0
     fr[:5] = [0.2, 0, 0, 0.8, 0]  # class "necrosis" only in 5 of 100 patches
     df = pd.DataFrame({f"frac_{n}": fr[:, i] for i, n in enumerate(scheme.names)} | {"size": 10})
-    w = balanced_weights(df, scheme, "full")
+    w = balanced_weights(df, scheme, "fractions")
     drawn = [i for batch in StepSampler(100, 50, seed=0, start=0, stop=20, weights=w) for i, _ in batch]
     share = np.isin(drawn, np.arange(5)).mean()
     assert share > 0.35  # about half the draws instead of 5 %

@@ -31,7 +31,8 @@ def uneven_tiles(tmp_path_factory) -> Path:
     pixels and images of a global batch are spread unevenly over the processes."""
     root = tmp_path_factory.mktemp("ddp")
     pairs = make_dataset(root / "synth", n=4, size=256, seed=0, quiet=True)
-    tile_dataset(pairs, root / "tiles", bcss5(), size=64, stride=64, split="slide", val_fraction=0.25, quiet=True)
+    tile_dataset(pairs, root / "tiles", bcss5(), size=64, stride=64, split="slide", val_fraction=0.25,
+                 test_fraction=0.0, quiet=True)
     df, _ = load_manifest(root / "tiles")
     blanked = sorted(df.loc[df["split"] == "train", "mask_path"].unique())[:2]
     for path in blanked:
@@ -46,7 +47,7 @@ def uneven_tiles(tmp_path_factory) -> Path:
 
 def _overrides(tiles: Path, out: Path, loss: str) -> list[str]:
     return [f"data.manifest={tiles}", f"run.out={out}", "model.arch=fcn", "model.weights=none",
-            "model.freeze_bn=true", f"loss.name={loss}", "run.batch_size=4", f"run.steps={STEPS}",
+            "model.freeze_bn=true", f"method={'full' if loss == 'ce' else 'mil'}", f"loss.name={loss}", "run.batch_size=4", f"run.steps={STEPS}",
             "run.log_every=1", f"run.val_every={STEPS}", "run.checkpoint_every=2", "run.device=cpu",
             "data.stain_jitter=0.1", "optim.lr=0.003"]
 
@@ -57,28 +58,35 @@ def _run(overrides: list[str], record: Path, crash_at: int | None = None) -> Non
 
     torch.set_num_threads(1)
     steps: list[dict] = []
-    real_batch, real_parts = T._batch, T._loss_parts
+    real_batch, real_build = T._batch, T.build_supervision
 
     def batch(b, *args):
         if torch.is_grad_enabled():
             steps.append({"index": b["index"].tolist()})
         return real_batch(b, *args)
 
-    def parts(*args):
-        p = real_parts(*args)
-        if torch.is_grad_enabled():
-            steps[-1].update(total=float(p.total.detach()), count=float(p.count))
-            if len(steps) == crash_at:
-                raise RuntimeError("killed")
-        return p
+    def build(method, ctx):
+        sup = real_build(method, ctx)
+        real_loss = sup.loss
 
-    T._batch, T._loss_parts = batch, parts
+        def loss(*args):
+            p = real_loss(*args)
+            if torch.is_grad_enabled():
+                steps[-1].update(total=float(p.total.detach()), count=float(p.count))
+                if len(steps) == crash_at:
+                    raise RuntimeError("killed")
+            return p
+
+        sup.loss = loss
+        return sup
+
+    T._batch, T.build_supervision = batch, build
     summary: dict = {"steps": steps}
     try:
         result = T.train(load_config(None, overrides), quiet=True)
         summary["history"] = result.history[["step", "train_loss", "val_miou", "val_loss"]].to_dict("list")
     finally:
-        T._batch, T._loss_parts = real_batch, real_parts
+        T._batch, T.build_supervision = real_batch, real_build
         record.write_text(json.dumps(summary))
 
 

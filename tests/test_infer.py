@@ -14,7 +14,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from tissueseg.checkpoint import Predictor
+from tissueseg.checkpoint import Predictor, Preprocessing
 from tissueseg.infer import blend_weights, make_grid, predict_files, predict_image
 from tissueseg.io import InputError
 from tissueseg.schemes import IGNORE, bcss5
@@ -24,7 +24,8 @@ def tiny_predictor(seed: int = 0, mpp: float = 0.5, patch: int = 64) -> Predicto
     """A fixed-weight 2-layer conv net: 5x5 receptive field, 5 classes."""
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 3, padding=1))
-    return Predictor(net.eval(), bcss5(), mpp, patch, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), {})
+    return Predictor(net.eval(), bcss5(), Preprocessing(mpp, patch, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+                     {"model": {"arch": "fcn"}})  # takes windows of any size, like an FCN
 
 
 def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -174,7 +175,8 @@ def test_cli_predict(tmp_path: Path) -> None:
     config = {"model": {"arch": "fcn", "encoder": "resnet18", "weights": "none"}}
     torch.manual_seed(0)
     model = build_model(ModelConfig.model_validate(config["model"]), 5)
-    save_checkpoint(tmp_path / "m.pt", model=model, config=config, scheme=bcss5(), mpp=0.5, patch_size=64)
+    save_checkpoint(tmp_path / "m.pt", model=model, config=config, scheme=bcss5(),
+                    preprocessing=Preprocessing(0.5, 64, (0.5,) * 3, (0.25,) * 3))
     rgb = texture(96, 128)
     path = region(tmp_path, rgb, "img.png")
     runner = CliRunner()
@@ -188,6 +190,19 @@ def test_cli_predict(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "img" / "labels.tiff").is_file()
     res = runner.invoke(main, [*args, "--mpp", "0.5"])
     assert res.exit_code == 0 and "done" in res.output
+
+
+def test_a_window_the_model_cannot_take_is_refused_before_any_work() -> None:
+    from tissueseg.infer import predict_bands
+
+    tiny = tiny_predictor()
+    deeplab = Predictor(tiny.model, tiny.scheme, tiny.preprocessing, {"model": {"arch": "deeplabv3plus"}})
+    reads = []
+    grid = make_grid(80, 80, 40, 0.5)
+    with pytest.raises(ValueError, match="window 40 is not a multiple of 16"):
+        predict_bands(deeplab, lambda *a: reads.append(a), grid, np.zeros((80, 80), np.uint8))
+    assert not reads
+    predict_bands(tiny, lambda x, y, s: np.zeros((s, s, 3), np.uint8), grid, np.zeros((80, 80), np.uint8))
 
 
 def test_read_error_reaches_the_caller(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def test_rerun_redoes_only_what_changed(demo):
     cfg = load_pipeline_config(out / "demo.yaml")
     again = run_pipeline(cfg, quiet=True, log=lambda m: None)
     assert set(again["stages"].values()) == {"up to date"}
-    cfg.train["weak"]["run"]["steps"] = 2
+    cfg.train["weak"].run.steps = 2
     changed = run_pipeline(cfg, quiet=True, log=lambda m: None)
     redone = {k for k, v in changed["stages"].items() if v != "up to date"}
     assert redone == {"train:weak", "predict:weak", "evaluate:weak", "slides:weak"}
@@ -77,6 +77,36 @@ def test_pipeline_config_paths_and_errors(tmp_path):
     (tmp_path / "nodata.yaml").write_text(yaml.safe_dump({"out": "x", "data": {}}))
     with pytest.raises(ValueError, match=r"nodata.yaml: data: give data.root"):
         load_pipeline_config(tmp_path / "nodata.yaml")
+
+
+@pytest.mark.parametrize("train,message", [
+    ({"full": {"run": {"stepz": 5}}}, "train.full.run.stepz: Extra inputs are not permitted"),
+    ({"full": {"model": {"arch": "unet"}}}, "train.full.model.arch: Input should be"),
+    ({"weak": {"method": "weakest"}}, "train.weak.method: Input should be"),
+    ({"full": {"data": {"patch_size": 200}}}, "train.full: patch size 200 is not a multiple of 16"),
+    ({"full": {"run": {"out": "elsewhere"}}}, "train.full: data.manifest and run.out are set by the pipeline"),
+])
+def test_model_specs_are_validated_before_any_stage_runs(tmp_path, train, message):
+    """A typo in a model's training config fails when the config is read, not after tiling."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"out": "out", "data": {"root": "data"}, "train": train}))
+    with pytest.raises(ValueError) as err:
+        load_pipeline_config(tmp_path / "c.yaml")
+    assert str(err.value).startswith(f"{tmp_path / 'c.yaml'}: {message}"), str(err.value)
+
+
+def test_weak_is_the_default_weak_method_and_learns_from_non_overlapping_patches(tmp_path):
+    from tissueseg.pipeline import DEFAULT_WEAK_METHOD, LABEL_GRID_CELL
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "out": "out", "data": {"root": "data"}, "tile": {"size": 256, "stride": 128},
+        "train": {"full": {}, "weak": {"method": "weak"}, "mil": {"method": "mil", "loss": {"name": "lse"}}}}))
+    cfg = load_pipeline_config(tmp_path / "c.yaml")
+    assert cfg.train["weak"].method == DEFAULT_WEAK_METHOD
+    assert cfg.train["full"].tiling(cfg.tile) == cfg.tile
+    weak, mil = cfg.train["weak"].tiling(cfg.tile), cfg.train["mil"].tiling(cfg.tile)
+    expected_weak = LABEL_GRID_CELL if DEFAULT_WEAK_METHOD == "label-grid" else 256
+    assert (weak.size, weak.stride, weak.edge) == (expected_weak, expected_weak, "pad")
+    assert (mil.size, mil.stride, mil.edge) == (256, 256, "pad")
 
 
 def test_run_reports_a_folder_without_pairs(tmp_path):

@@ -9,7 +9,8 @@ from PIL import Image
 
 from tissueseg import io
 from tissueseg.cli import main
-from tissueseg.manifest import find_dataset, load_manifest, pair_files, tile_dataset, tile_image
+from tissueseg.manifest import (TileParams, find_dataset, load_manifest, manifest_mpp, pair_files, tile_dataset,
+                                tile_image)
 from tissueseg.schemes import IGNORE, bcss5, bcss22
 from tissueseg.splits import BCSS_TEST_SITES, assign_splits, parse_bcss_name
 from tissueseg.tiling import grid, image_labels, patch_fractions
@@ -208,7 +209,7 @@ NAMES = [
 def test_tile_image_rows_match_grid_and_roi_filter(tmp_path):
     scheme = bcss22()
     rgb, codes = _region(tmp_path / "a.png", tmp_path / "m.png", (50, 70), seed=3)
-    df = tile_image(tmp_path / "a.png", tmp_path / "m.png", scheme, size=16, stride=8, min_roi=0.6,
+    df = tile_image(tmp_path / "a.png", tmp_path / "m.png", scheme, mpp=0.25, size=16, stride=8, min_roi=0.6,
                     label_threshold=0.1)
     labels = scheme.apply(codes)
     corners = grid(labels.shape, 16, 8)
@@ -230,17 +231,17 @@ def test_tile_image_rejects_size_mismatch_and_unknown_codes(tmp_path):
     io.write_png(tmp_path / "a.png", np.zeros((20, 30, 3), np.uint8))
     io.write_png(tmp_path / "m.png", np.ones((20, 31), np.uint8))
     with pytest.raises(io.InputError, match="30x20 but its mask m.png is 31x20"):
-        tile_image(tmp_path / "a.png", tmp_path / "m.png", bcss22(), size=8, stride=8)
+        tile_image(tmp_path / "a.png", tmp_path / "m.png", bcss22(), mpp=0.25, size=8, stride=8)
     io.write_png(tmp_path / "m.png", np.full((20, 30), 40, np.uint8))
     with pytest.raises(io.InputError, match=r"m.png: codes \[40\]"):
-        tile_image(tmp_path / "a.png", tmp_path / "m.png", bcss22(), size=8, stride=8)
+        tile_image(tmp_path / "a.png", tmp_path / "m.png", bcss22(), mpp=0.25, size=8, stride=8)
 
 
 def test_tile_dataset_manifest_patches_resume_and_skips(tmp_path, monkeypatch):
     root, out = tmp_path / "data", tmp_path / "out"
     arrays = _dataset(root, NAMES)
-    io.write_png(root / "rgbs_colorNormalized" / "bad.png", np.zeros((10, 10, 3), np.uint8))
-    io.write_png(root / "masks" / "bad.png", np.ones((12, 10), np.uint8))
+    io.write_png(root / "rgbs_colorNormalized" / "bad_MPP-0.25.png", np.zeros((10, 10, 3), np.uint8))
+    io.write_png(root / "masks" / "bad_MPP-0.25.png", np.ones((12, 10), np.uint8))
     pairs, _, _ = pair_files(*find_dataset(root))
     scheme = bcss5()
     result = tile_dataset(pairs, out, scheme, size=32, stride=16, split="bcss-sites", val_fraction=0.5,
@@ -289,7 +290,8 @@ def test_cli_tile_json_and_overwrite(tmp_path):
     root, out = tmp_path / "data", tmp_path / "out"
     _dataset(root, NAMES[:3], shape=(40, 50))
     io.write_png(root / "masks" / "lonely.png", np.ones((4, 4), np.uint8))
-    args = ["tile", str(root), "--out", str(out), "--size", "32", "--stride", "16", "--json", "--quiet"]
+    args = ["tile", str(root), "--out", str(out), "--size", "32", "--stride", "16", "--test-fraction", "0", "--json",
+            "--quiet"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
@@ -307,8 +309,8 @@ def test_pad_patches_are_filled_past_the_border(tmp_path):
     rgb, codes = _region(tmp_path / "a.png", tmp_path / "m.png", (20, 30), seed=4)
     codes[:] = 2
     io.write_png(tmp_path / "m.png", codes)
-    df = tile_image(tmp_path / "a.png", tmp_path / "m.png", scheme, size=16, stride=16, edge="pad", min_roi=0.1,
-                    patches_out=tmp_path / "p")
+    df = tile_image(tmp_path / "a.png", tmp_path / "m.png", scheme, mpp=0.25, size=16, stride=16, edge="pad",
+                    min_roi=0.1, patches_out=tmp_path / "p")
     assert df[["x", "y"]].to_numpy().tolist() == [[0, 0], [16, 0], [0, 16], [16, 16]]
     assert df["roi_fraction"].tolist() == [1.0, 14 * 16 / 256, 16 * 4 / 256, 14 * 4 / 256]
     image = io.read_image(tmp_path / "p" / "images" / "a_x16_y16.png")
@@ -323,3 +325,49 @@ def test_tile_dataset_rejects_bad_parameters_before_any_work(tmp_path, kwargs, m
     with pytest.raises(ValueError, match=match):
         tile_dataset([], tmp_path / "out", bcss22(), **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- resolution and splits, checked before work
+
+
+def test_tile_records_each_regions_mpp_and_never_guesses(tmp_path):
+    """µm/px from the name, from the PNG's resolution metadata, or from the option; an image
+    that says nothing is skipped with its reason, not tiled at a guessed resolution."""
+    root = tmp_path / "data"
+    _dataset(root, [NAMES[0], "plain"], shape=(40, 50))
+    rgb = io.read_image(root / "rgbs_colorNormalized" / "plain.png")
+    Image.fromarray(rgb).save(root / "rgbs_colorNormalized" / "with-dpi.png", dpi=(25400 / 0.5, 25400 / 0.5))
+    io.write_png(root / "masks" / "with-dpi.png", io.read_mask(root / "masks" / "plain.png"))
+    pairs, _, _ = pair_files(*find_dataset(root))
+    result = tile_dataset(pairs, tmp_path / "t", bcss5(), size=32, stride=16, split="none", quiet=True)
+    df, _ = load_manifest(tmp_path / "t")
+    assert df.groupby("image_id")["mpp"].first().to_dict() == {NAMES[0]: 0.25, "with-dpi": 0.5}
+    assert [r for _, r in result.skipped] and "µm/px" in result.skipped[0][1] and "plain" in result.skipped[0][0]
+    with pytest.raises(ValueError, match="several"):
+        manifest_mpp(df)
+    forced = tile_dataset(pairs, tmp_path / "f", bcss5(), size=32, stride=16, split="none", mpp=0.3, quiet=True)
+    assert not forced.skipped and manifest_mpp(load_manifest(tmp_path / "f")[0]) == 0.3
+    with pytest.raises(ValueError, match="records no µm/px"):
+        manifest_mpp(df.drop(columns="mpp"))
+
+
+def test_a_split_that_leaves_nothing_to_train_is_refused_before_any_work(tmp_path):
+    root = tmp_path / "data"
+    _dataset(root, NAMES[:2], shape=(40, 50))  # two patients
+    pairs, _, _ = pair_files(*find_dataset(root))
+    with pytest.raises(ValueError, match="leaves none for training"):
+        tile_dataset(pairs, tmp_path / "out", bcss5(), size=32, split="slide", val_fraction=0.3,
+                     test_fraction=0.3, quiet=True)
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(main, ["tile", str(root), "--out", str(tmp_path / "cli"), "--quiet"])
+    assert res.exit_code == 1 and "leaves none for training" in res.output
+
+
+def test_tile_defaults_are_one_set_for_the_cli_the_api_and_the_pipeline():
+    from tissueseg.cli.tile import command
+    from tissueseg.pipeline import PipelineConfig
+
+    cli = {p.name: p.default for p in command.params}
+    for name, info in TileParams.model_fields.items():
+        assert cli[name] == info.default, name
+    assert PipelineConfig(out="o", data={"root": "r"}).tile == TileParams()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from tissueseg import losses
-from tissueseg.checkpoint import load_predictor, save_checkpoint
+from tissueseg import io
+from tissueseg.checkpoint import Predictor, Preprocessing, load_predictor, save_checkpoint
 from tissueseg.cli import main
 from tissueseg.config import load_config
 from tissueseg.manifest import load_manifest, tile_dataset
@@ -34,7 +36,8 @@ def tiles(tmp_path_factory):
     """Six generated 256 px regions (bcss5) cut into 64 px patches, one region held out for val."""
     root = tmp_path_factory.mktemp("gen")
     pairs = make_dataset(root / "synth", n=6, size=256, seed=0, quiet=True)
-    tile_dataset(pairs, root / "tiles", bcss5(), size=64, stride=64, split="slide", val_fraction=0.2, quiet=True)
+    tile_dataset(pairs, root / "tiles", bcss5(), size=64, stride=64, split="slide", val_fraction=0.2,
+                 test_fraction=0.0, quiet=True)
     return root / "tiles"
 
 
@@ -80,11 +83,12 @@ def _held_out_scores(checkpoint, held_out):
 def test_overrides_are_parsed_as_yaml_scalars(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {arch: fcn}\nrun: {steps: 10, out: somewhere}\n")
-    cfg = load_config(path, ["run.steps=50", "model.weights=none", "loss.name=mil-max", "data.balanced=true",
+    cfg = load_config(path, ["run.steps=50", "model.weights=none", "method=mil", "loss.name=mil-max",
+                             "data.balanced=true",
                              "loss.background=null", "optim.lr=3e-4", "data.stain_norm=reinhard",
                              "data.stain_reference=ref.png"])
     assert cfg.run.steps == 50 and cfg.model.arch == "fcn" and cfg.model.weights == "none"
-    assert cfg.loss.name == "mil-max" and cfg.loss.weak and cfg.data.balanced is True
+    assert cfg.method == "mil" and cfg.loss.name == "mil-max" and cfg.data.balanced is True
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.loss.background is None
     dumped = tmp_path / "d.yaml"
     dumped.write_text(cfg.dump())
@@ -97,6 +101,9 @@ def test_overrides_are_parsed_as_yaml_scalars(tmp_path):
         (["optim.lr=-1"], "c.yaml: optim.lr: Input should be greater than 0"),
         (["run.stepz=5"], "c.yaml: run.stepz: Extra inputs are not permitted"),
         (["loss.name=dice"], "c.yaml: loss.name: Input should be"),
+        (["method=mil"], "c.yaml: method mil trains with loss.name one of mil-max"),
+        (["loss.name=lse"], "c.yaml: method full trains with loss.name ce, not lse"),
+        (["method=weak"], "c.yaml: method: Input should be"),
         (["run.steps=5", "run.epochs=2"], "c.yaml: run: give run.steps or run.epochs, not both"),
         (["data.stain_norm=macenko"], "c.yaml: data: stain_norm macenko needs data.stain_reference"),
         (["steps"], "override 'steps': expected key=value"),
@@ -156,7 +163,7 @@ def test_mil_from_image_labels_learns_pixels(tiles, tmp_path, monkeypatch):
         return real(path)
 
     monkeypatch.setattr(io, "read_mask", guarded)
-    cfg = _cfg(tiles, tmp_path / "weak", "model.arch=fcn", "model.output_stride=16", "loss.name=lse",
+    cfg = _cfg(tiles, tmp_path / "weak", "method=mil", "model.arch=fcn", "model.output_stride=16", "loss.name=lse",
                "run.steps=60", "optim.lr=0.003", "run.val_every=60", "data.stain_jitter=0.15")
     result = train(cfg, quiet=True)
     # scored once (step 60) on the pixel masks of the val split: a region never trained on
@@ -183,7 +190,7 @@ def _interrupt_at(monkeypatch, call: int, how):
 
         return loss
 
-    monkeypatch.setattr(losses, "build_loss", build)
+    monkeypatch.setattr("tissueseg.supervision.base.build_loss", build)
 
 
 def test_resume_after_ctrl_c_or_a_crash_gives_the_same_run(tiles, tmp_path, monkeypatch):
@@ -230,17 +237,51 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path, arch):
         for t in model.state_dict().values():
             if t.is_floating_point():
                 t.add_(torch.randn_like(t) * 0.01)
-    save_checkpoint(tmp_path / "m.pt", model=model, config=config, scheme=scheme, mpp=0.5, patch_size=64)
+    prep = Preprocessing(0.5, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    save_checkpoint(tmp_path / "m.pt", model=model, config=config, scheme=scheme, preprocessing=prep)
     p = load_predictor(tmp_path / "m.pt")
-    assert (p.scheme, p.mpp, p.patch_size, p.config) == (scheme, 0.5, 64, config)
+    assert (p.scheme, p.mpp, p.patch_size, p.config, p.preprocessing) == (scheme, 0.5, 64, config, prep)
     rgb = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     x = p.preprocess(rgb)
-    mean, std = torch.tensor(p.mean).view(1, 3, 1, 1), torch.tensor(p.std).view(1, 3, 1, 1)
+    mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
     torch.testing.assert_close(x, (rgb.permute(0, 3, 1, 2) / 255 - mean) / std)
     assert x.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(p.preprocess(rgb.permute(0, 3, 1, 2)), x)
     with torch.no_grad():
         torch.testing.assert_close(p.model(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def _restained(rgb: np.ndarray) -> np.ndarray:
+    """The same tissue with another stain: more haematoxylin, less eosin (colour deconvolution)."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(rgb) * np.array([2.5, 0.4, 1.0])
+    return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+
+
+def test_the_checkpoint_carries_the_stain_normalisation_and_prediction_applies_it(tiles, held_out, tmp_path):
+    """Trained with Macenko to a reference: the checkpoint records the fitted normaliser, and
+    predicting a differently stained copy of a region gives what the original gives."""
+    from tissueseg.stain import fit_normalizer
+
+    reference = sorted((tiles.parent / "synth" / "rgbs_colorNormalized").iterdir())[0]
+    result = train(_cfg(tiles, tmp_path / "m", "model.weights=none", "run.steps=2", "run.batch_size=2",
+                        "data.patch_size=32", "data.stain_norm=macenko", f"data.stain_reference={reference}",
+                        "run.val_every=2"), quiet=True)
+    p = load_predictor(result.best)
+    fitted = fit_normalizer("macenko", io.read_image(reference)).state()
+    assert p.preprocessing.stain == fitted and p.preprocessing.mpp == 0.25 and p.patch_size == 32
+    rgb = held_out[0]
+    other = _restained(rgb)
+    assert np.abs(other.astype(int) - rgb).mean() > 15  # the copy looks different
+    with torch.no_grad():
+        same, diff = p.preprocess(torch.from_numpy(np.stack([rgb, other]))), None
+        plain = Predictor(p.model, p.scheme, replace(p.preprocessing, stain=None), p.config)
+        diff = plain.preprocess(torch.from_numpy(np.stack([rgb, other])))
+    gap_normalised = float((same[0] - same[1]).abs().mean())
+    assert gap_normalised < 0.5 * float((diff[0] - diff[1]).abs().mean())
+    labels = [p.probabilities(same[i : i + 1]).argmax(1) for i in range(2)]
+    assert float((labels[0] == labels[1]).float().mean()) > 0.9
 
 
 def test_load_predictor_refuses_other_files(tmp_path):

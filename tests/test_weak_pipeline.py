@@ -50,13 +50,13 @@ def data(tmp_path_factory):
         rgb, codes = _region(100 + i)
         pairs.append((io.write_png(root / "img" / f"r{i}.png", rgb), io.write_png(root / "msk" / f"r{i}.png", codes)))
     tile_dataset(pairs, root / "cells", scheme, size=CELL, stride=CELL, edge="pad", min_roi=0.0, split="none",
-                 quiet=True)
+                 mpp=0.25, quiet=True)
     test_rgb, test_codes = _region(7)
     return root, scheme, pairs, test_rgb, scheme.apply(test_codes)
 
 
-def _config(manifest: Path, out: Path, **sections) -> TrainConfig:
-    data = {"data": {"manifest": str(manifest), "stain_jitter": 0.0},
+def _config(manifest: Path, out: Path, method: str = "label-grid", **sections) -> TrainConfig:
+    data = {"method": method, "data": {"manifest": str(manifest), "stain_jitter": 0.0},
             "run": {"steps": STEPS, "batch_size": BATCH, "seed": 0, "out": str(out), "val_every": STEPS,
                     "checkpoint_every": STEPS}}
     for key, value in sections.items():
@@ -67,11 +67,13 @@ def _config(manifest: Path, out: Path, **sections) -> TrainConfig:
 @pytest.mark.slow
 def test_label_grid_beats_sigmoid_max(data, one_thread):
     root, scheme, pairs, test_rgb, test_labels = data
-    weak = train(_config(root / "cells", root / "weak", loss={"name": "label-grid"}, data={"patch_size": CROP}),
+    weak = train(_config(root / "cells", root / "weak", data={"patch_size": CROP}),
                  quiet=True)
     # the baseline: FCN + sigmoid-max on the image labels of CROP px patches, same data and budget
-    tile_dataset(pairs, root / "crops", scheme, size=CROP, stride=CROP // 2, min_roi=0.0, split="none", quiet=True)
-    mil = train(_config(root / "crops", root / "mil", loss={"name": "sigmoid-max"}, model={"arch": "fcn"}),
+    tile_dataset(pairs, root / "crops", scheme, size=CROP, stride=CROP // 2, min_roi=0.0, split="none", mpp=0.25,
+                 quiet=True)
+    mil = train(_config(root / "crops", root / "mil", method="mil", loss={"name": "sigmoid-max"},
+                        model={"arch": "fcn"}),
                 quiet=True)
     weak_miou = _miou(weak.best, test_rgb, test_labels)
     baseline = _miou(mil.best, test_rgb, test_labels)
@@ -86,7 +88,7 @@ def test_label_grid_trains_on_pseudo_masks_without_reading_masks(data, tmp_path)
     df = df.drop(columns=["mask_path"])  # labels only: as from an annotation tool
     df.to_parquet(tmp_path / "manifest.parquet")
     (tmp_path / "manifest.json").write_text((root / "cells" / "manifest.json").read_text())
-    cfg = _config(tmp_path / "manifest.parquet", tmp_path / "w", loss={"name": "label-grid"},
+    cfg = _config(tmp_path / "manifest.parquet", tmp_path / "w",
                   model={"weights": "none"}, data={"patch_size": 64},
                   run={"steps": 2, "batch_size": 2, "val_every": 1, "checkpoint_every": 1})
     result = train(cfg, quiet=True)
@@ -100,7 +102,7 @@ def test_label_grid_trains_on_pseudo_masks_without_reading_masks(data, tmp_path)
     expected = pseudo_mask(grid, CELL, (SIZE, SIZE))
     shown = np.asarray(io.read_mask(previews[0]))
     np.testing.assert_array_equal(shown, expected)
-    assert load_predictor(result.best).config["loss"]["name"] == "label-grid"
+    assert load_predictor(result.best).config["method"] == "label-grid"
 
 
 def test_pseudo_masks_source_serves_the_cached_masks_and_their_counts(data, tmp_path):
@@ -120,24 +122,24 @@ def test_pseudo_masks_source_serves_the_cached_masks_and_their_counts(data, tmp_
 
 def test_label_grid_refuses_overlapping_cells(data, tmp_path):
     root, scheme, pairs, *_ = data
-    tile_dataset(pairs, tmp_path / "t", scheme, size=32, stride=16, split="none", quiet=True)
+    tile_dataset(pairs, tmp_path / "t", scheme, size=32, stride=16, split="none", mpp=0.25, quiet=True)
     with pytest.raises(ValueError, match="stride"):
-        train(_config(tmp_path / "t", tmp_path / "o", loss={"name": "label-grid"}, run={"steps": 1}), quiet=True)
+        train(_config(tmp_path / "t", tmp_path / "o", run={"steps": 1}), quiet=True)
 
 
-def test_train_command_runs_the_default_weak_method(data, tmp_path):
+def test_train_command_runs_the_label_grid_config(data, tmp_path):
     from click.testing import CliRunner
 
     from tissueseg.cli import main
 
     root = data[0]
-    config = Path(__file__).resolve().parents[1] / "configs" / "weak.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "label-grid.yaml"
     res = CliRunner().invoke(main, ["train", str(config), "--manifest", str(root / "cells"), "--out",
                                     str(tmp_path / "w"), "--steps", "2", "--weights", "none", "--quiet", "--json",
                                     "--set", "run.batch_size=2", "--set", "data.patch_size=64",
                                     "--set", "data.workers=0"])
     assert res.exit_code == 0, res.output
     predictor = load_predictor(tmp_path / "w" / "best.pt")
-    assert predictor.config["loss"]["name"] == "label-grid"
+    assert predictor.config["method"] == "label-grid"
     assert predictor.patch_size == 64 and predictor.scheme.names == data[1].names
     assert IGNORE not in np.unique(np.asarray(io.read_mask(next((tmp_path / "w" / "pseudo-masks").glob("*.png")))))

@@ -1,51 +1,141 @@
 """Checkpoint format and :func:`load_predictor`: everything inference needs, in one file.
 
 A checkpoint is a ``torch.save`` dict: the model's state dict, the training config, the
-class scheme, the µm/px and patch size the model was trained at, and (for ``last.pt``) the
+class scheme, the :class:`Preprocessing` the model was trained with (µm/px, patch size,
+pixel mean/std, the fitted stain normaliser), what prediction adds on top of the model
+(:class:`Inference`: flip test-time augmentation, a class gate) and, for ``last.pt``, the
 training state needed to resume. It loads with ``weights_only=True`` and rebuilds the
 model with ``weights="none"``, so it needs neither the network nor the training data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import io
-from .models import ModelConfig, build_model, normalization
+from .models import ModelConfig, build_model, input_multiple
 from .schemes import ClassScheme, scheme_from_dict
 
 FORMAT = "tissueseg-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
-@dataclass
-class Predictor:
-    """A trained model ready for inference."""
+@dataclass(frozen=True)
+class Preprocessing:
+    """What is done to pixels before the model sees them, exactly as in training.
 
-    model: torch.nn.Module
-    scheme: ClassScheme
+    ``mpp``: the µm/px the model was trained at (inference resamples to it); ``patch_size``:
+    the training window (the default inference window); ``mean``/``std``: per-channel
+    normalisation of [0, 1] pixels; ``stain``: the fitted stain normaliser's state
+    (:meth:`tissueseg.stain.Normalizer.state`) or None.
+    """
+
     mpp: float
     patch_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    config: dict
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    stain: dict[str, Any] | None = None
 
-    def preprocess(self, rgb: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(N, H, W, 3)`` or ``(N, 3, H, W)`` -> normalised float ``(N, 3, H, W)``,
-        channels_last, on the model's device."""
+    def to_dict(self) -> dict[str, Any]:
+        return {"mpp": float(self.mpp), "patch_size": int(self.patch_size), "mean": list(self.mean),
+                "std": list(self.std), "stain": self.stain}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(float(data["mpp"]), int(data["patch_size"]), tuple(data["mean"]), tuple(data["std"]),
+                   data.get("stain"))
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What prediction adds to the model's logits: flip test-time augmentation (the mean of the
+    softmax over the identity and the horizontal and vertical flips) and a class gate (a
+    patch classifier's state dict and config: a class whose probability in a window is below
+    ``gate_threshold`` is not predicted there)."""
+
+    flip_tta: bool = False
+    gate: dict[str, Any] | None = field(default=None, repr=False)
+    gate_threshold: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Predictor:
+    """A trained model ready for inference: :meth:`preprocess` then :meth:`probabilities`."""
+
+    def __init__(self, model: torch.nn.Module, scheme: ClassScheme, preprocessing: Preprocessing, config: dict,
+                 inference: Inference | None = None, gate: torch.nn.Module | None = None):
+        from .stain import normalizer_from_state
+
+        self.model, self.scheme, self.preprocessing, self.config = model, scheme, preprocessing, config
+        self.inference = inference or Inference()
+        self.gate = gate
+        self._stain = normalizer_from_state(preprocessing.stain) if preprocessing.stain else None
+
+    @property
+    def mpp(self) -> float:
+        return self.preprocessing.mpp
+
+    @property
+    def patch_size(self) -> int:
+        return self.preprocessing.patch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def check_window(self, size: int) -> None:
+        """``ValueError`` unless the model takes windows of ``size`` px (its stride divides it)."""
+        multiple = input_multiple(ModelConfig.model_validate(self.config.get("model") or {}))
+        if size % multiple:
+            raise ValueError(f"window {size} is not a multiple of {multiple}, which this model needs "
+                             f"(e.g. --window {max(multiple, size // multiple * multiple)})")
+
+    def to(self, device: str | torch.device) -> Predictor:
+        """Move the model (and the gate) to ``device``; returns self."""
+        self.model.to(device)
+        if self.gate is not None:
+            self.gate.to(device)
+        return self
+
+    def preprocess(self, rgb: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 ``(N, H, W, 3)`` or ``(N, 3, H, W)`` -> the model's input: stain-normalised as in
+        training, scaled to [0, 1], normalised by mean/std, float ``(N, 3, H, W)`` channels_last
+        on the model's device."""
+        rgb = torch.as_tensor(rgb)
         if rgb.ndim != 4 or 3 not in (rgb.shape[1], rgb.shape[-1]):
             raise ValueError(f"expected a (N, H, W, 3) or (N, 3, H, W) batch, got shape {tuple(rgb.shape)}")
-        if rgb.shape[-1] == 3 and rgb.shape[1] != 3:
-            rgb = rgb.permute(0, 3, 1, 2)
-        device = next(self.model.parameters()).device
-        x = rgb.to(device=device, dtype=torch.float32, non_blocking=True).div_(255.0)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        if rgb.shape[1] == 3 and rgb.shape[-1] != 3:
+            rgb = rgb.permute(0, 2, 3, 1)
+        if self._stain is not None:
+            rgb = torch.from_numpy(np.stack([self._stain.transform(np.ascontiguousarray(a))
+                                             for a in rgb.cpu().numpy()]))
+        x = rgb.permute(0, 3, 1, 2).to(device=self.device, dtype=torch.float32, non_blocking=True).div_(255.0)
+        mean = torch.tensor(self.preprocessing.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.preprocessing.std, device=self.device).view(1, -1, 1, 1)
         return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, K, H, W)`` of a preprocessed batch, with the checkpoint's flip
+        test-time augmentation and class gate."""
+        probs = torch.softmax(self.model(x).float(), dim=1)
+        if self.inference.flip_tta:
+            for dims in ((-1,), (-2,)):
+                probs += torch.softmax(self.model(x.flip(dims)).float(), dim=1).flip(dims)
+            probs /= 3
+        if self.gate is not None:
+            present = torch.sigmoid(self.gate(x).float()) >= self.inference.gate_threshold  # (N, K)
+            present |= ~present.any(1, keepdim=True)  # a window the gate calls empty keeps every class
+            probs = probs * present[:, :, None, None]
+            probs /= probs.sum(1, keepdim=True).clamp_min(1e-12)
+        return probs
 
 
 def model_args(config: dict, scheme: ClassScheme) -> tuple[ModelConfig, int, int | None]:
@@ -64,8 +154,8 @@ def save_checkpoint(
     model: torch.nn.Module,
     config: dict,
     scheme: ClassScheme,
-    mpp: float,
-    patch_size: int,
+    preprocessing: Preprocessing,
+    inference: Inference | None = None,
     state: dict | None = None,
 ) -> None:
     """Write a checkpoint atomically (``state``: optional training state for resuming)."""
@@ -73,8 +163,8 @@ def save_checkpoint(
     data: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": config, "scheme": scheme.to_dict(), "mpp": float(mpp), "patch_size": int(patch_size),
-        "state": state,
+        "config": config, "scheme": scheme.to_dict(), "preprocessing": preprocessing.to_dict(),
+        "inference": (inference or Inference()).to_dict(), "state": state,
     }
     with io.atomic_path(path) as tmp:
         torch.save(data, tmp)
@@ -92,19 +182,32 @@ def read_checkpoint(path: str | Path) -> dict:
         raise io.InputError(path, f"cannot read checkpoint ({reason})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise io.InputError(path, "not a tissueseg checkpoint")
+    if data.get("version") != VERSION:
+        raise io.InputError(path, f"checkpoint format version {data.get('version')}, this tissueseg reads "
+                                  f"{VERSION}: retrain, or use the tissueseg version that wrote it")
     return data
+
+
+def _rebuild(path: Path, state: dict, config: dict, scheme: ClassScheme) -> torch.nn.Module:
+    model_cfg, num_classes, bg = model_args(config, scheme)
+    model = build_model(model_cfg.model_copy(update={"weights": "none"}), num_classes, background_index=bg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise io.InputError(path, f"weights do not fit the model ({str(exc).splitlines()[0]})") from None
+    return model.eval()
 
 
 def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
     """Rebuild the trained model (eval mode, channels_last, on ``device``) from a checkpoint."""
+    path = Path(path)
     data = read_checkpoint(path)
     scheme = scheme_from_dict(data["scheme"], source=str(path))
-    model_cfg, num_classes, bg = model_args(data["config"], scheme)
-    model = build_model(model_cfg.model_copy(update={"weights": "none"}), num_classes, background_index=bg)
-    try:
-        model.load_state_dict(data["model"])
-    except RuntimeError as exc:
-        raise io.InputError(path, f"weights do not fit the model ({str(exc).splitlines()[0]})") from None
-    model = model.to(device=device, memory_format=torch.channels_last).eval()
-    mean, std = normalization(model_cfg)
-    return Predictor(model, scheme, data["mpp"], data["patch_size"], tuple(mean), tuple(std), data["config"])
+    model = _rebuild(path, data["model"], data["config"], scheme)
+    inference = Inference(**data["inference"])
+    gate = None
+    if inference.gate is not None:
+        gate = _rebuild(path, inference.gate["model"], inference.gate["config"], scheme)
+    predictor = Predictor(model.to(memory_format=torch.channels_last), scheme,
+                          Preprocessing.from_dict(data["preprocessing"]), data["config"], inference, gate)
+    return predictor.to(device)

@@ -1,8 +1,10 @@
 """Training configuration: pydantic models loaded from YAML with dotted ``key=value`` overrides.
 
-A config has five sections (``model``, ``loss``, ``data``, ``optim``, ``run``); every field
-has a default, so an empty file plus ``data.manifest=...`` is a valid config. See
-``configs/full.yaml``, ``configs/weak.yaml`` and ``configs/mil.yaml``.
+A config names its ``method`` (what supervises training, see :mod:`tissueseg.supervision`)
+and has the sections ``model``, ``loss``, ``data``, ``optim``, ``run`` and one per method
+with options (``label_grid``); every field has a default, so an empty file plus
+``data.manifest=...`` is a valid config. See ``configs/full.yaml``, ``configs/weak.yaml``,
+``configs/label-grid.yaml`` and ``configs/mil.yaml``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .models import ModelConfig
+from .models import ModelConfig, input_multiple
 
-WEAK_LOSSES = ("mil-max", "sigmoid-max", "lse", "topk")
+MIL_LOSSES = ("mil-max", "sigmoid-max", "lse", "topk")
+Method = Literal["full", "label-grid", "mil"]
+METHODS: dict[str, str] = {
+    "full": "pixel masks (the manifest's mask_path), cross-entropy",
+    "label-grid": "image labels of small cells (a manifest tiled with size = stride, e.g. 32 px): pseudo-masks "
+                  "interpolated from the cells' labels, cross-entropy",
+    "mil": "image labels of whole patches: an FCN with a multiple-instance loss (loss.name: mil-max, "
+           "sigmoid-max, lse or topk); the historic baseline",
+}
+"""Every training method and the labels it learns from."""
 
 
 class _Section(BaseModel):
@@ -23,19 +34,16 @@ class _Section(BaseModel):
 
 
 class LossConfig(_Section):
-    name: Literal["ce", "label-grid", "mil-max", "sigmoid-max", "lse", "topk"] = Field(
-        "ce", description="ce: pixel masks; label-grid: the default weak method (pseudo-masks from the labels "
-                          "of small patches, tissueseg.weak); the MIL losses: image labels of whole patches")
+    name: Literal["ce", "mil-max", "sigmoid-max", "lse", "topk"] = Field(
+        "ce", description="ce for full and label-grid; a MIL loss for method mil")
     r: float = Field(5.0, gt=0, description="LSE sharpness")
     k: float = Field(0.1, gt=0, le=1, description="top-k fraction")
     class_weights: Literal["none", "inverse", "median"] = "none"
     background: str | None = Field(None, description="class name that every image holds (MIL)")
-    smooth: float = Field(0.25, ge=0, description="label-grid: Gaussian sigma of the pseudo-masks' prior, in cells")
 
-    @property
-    def weak(self) -> bool:
-        """True for the MIL losses, which train from image labels only."""
-        return self.name in WEAK_LOSSES
+
+class LabelGridConfig(_Section):
+    smooth: float = Field(0.25, ge=0, description="Gaussian sigma of the pseudo-masks' prior, in cells")
 
 
 class DataConfig(_Section):
@@ -95,11 +103,28 @@ class RunConfig(_Section):
 
 
 class TrainConfig(_Section):
+    method: Method = Field("full", description="what supervises training: " + "; ".join(
+        f"{k}: {v}" for k, v in METHODS.items()))
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    label_grid: LabelGridConfig = Field(default_factory=LabelGridConfig)
+
+    def check_input_size(self, size: int) -> None:
+        """``ValueError`` unless the model takes windows of ``size`` px (its stride divides it)."""
+        multiple = input_multiple(self.model)
+        if size % multiple:
+            raise ValueError(f"patch size {size} is not a multiple of {multiple}, which {self.model.arch} with "
+                             f"output_stride {self.model.output_stride or 'default'} needs: set data.patch_size")
+
+    @model_validator(mode="after")
+    def _loss_fits_method(self) -> TrainConfig:
+        if (self.method == "mil") != (self.loss.name in MIL_LOSSES):
+            want = f"one of {', '.join(MIL_LOSSES)}" if self.method == "mil" else "ce"
+            raise ValueError(f"method {self.method} trains with loss.name {want}, not {self.loss.name}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings)."""
@@ -154,10 +179,11 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "config"
+        loc = ".".join(str(p) for p in err["loc"])
+        field = f"{loc}: " if loc else ""
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         msg = err["msg"].removeprefix("Value error, ")
-        raise ValueError(f"{source}: {field}: {msg}{more}") from None
+        raise ValueError(f"{source}: {field}{msg}{more}") from None
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

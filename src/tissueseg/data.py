@@ -2,8 +2,8 @@
 
 Each region image and mask is decoded once into ``.npy`` files (:class:`RegionCache`);
 patches are crops of the memory maps, so no patch files are needed and DataLoader workers
-share the page cache. :class:`PatchDataset` serves full (pixel mask) or weak (image
-labels, the mask is never read) samples; :class:`StepSampler` makes the data order a
+share the page cache. :class:`PatchDataset` serves samples with a pixel mask or with
+image labels only (the mask is never read); :class:`StepSampler` makes the data order a
 function of ``(seed, step)`` so an interrupted run resumes on the same sequence, and
 shards each global batch over DDP processes.
 """
@@ -24,7 +24,9 @@ from . import io
 from .augment import Augment
 from .schemes import IGNORE, ClassScheme
 
-Mode = Literal["full", "weak"]
+Targets = Literal["masks", "labels"]
+"""What a training sample carries: a pixel ``mask`` (with the image labels when the table has
+them), or the image-level ``labels`` only."""
 Key = int | tuple[int, int]
 """A dataset key: a row position, or ``(row position, epoch)`` (the epoch seeds augmentation)."""
 
@@ -101,10 +103,10 @@ class PatchDataset(Dataset):
     images. ``patch_size`` (default: the manifest's) re-centres a window of that size on the
     row's window, moved inside the region where it fits; pixels outside the region are
     white with an ignored mask. A sample is a
-    dict: ``image`` float ``(3, H, W)`` normalised, ``mask`` long ``(H, W)`` (full mode),
-    ``labels`` float ``(K,)`` multi-hot from the ``label_<class>`` columns (weak mode, and
-    full mode when the table has them), ``index`` (the row position). Weak mode never reads
-    a mask. ``label_source`` (full mode) gives a region's ``(H, W)`` class-index map by
+    dict: ``image`` float ``(3, H, W)`` normalised, ``mask`` long ``(H, W)`` (``targets="masks"``),
+    ``labels`` float ``(K,)`` multi-hot from the ``label_<class>`` columns (``targets="labels"``,
+    and with masks when the table has them), ``index`` (the row position). With
+    ``targets="labels"`` no mask is ever read. ``label_source`` gives a region's ``(H, W)`` class-index map by
     image path in place of its ``mask_path`` (e.g. :class:`~tissueseg.weak.pseudomask.PseudoMasks`).
     """
 
@@ -113,19 +115,19 @@ class PatchDataset(Dataset):
         manifest_df: pd.DataFrame,
         scheme: ClassScheme,
         cache: RegionCache,
-        mode: Mode = "full",
+        targets: Targets = "masks",
         patch_size: int | None = None,
         augment: Augment | None = None,
         normalize: tuple[Sequence[float], Sequence[float]] = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
         stain_normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
         label_source: Callable[[str], np.ndarray] | None = None,
     ):
-        if mode not in ("full", "weak"):
-            raise ValueError(f"mode must be 'full' or 'weak', got {mode!r}")
+        if targets not in ("masks", "labels"):
+            raise ValueError(f"targets must be 'masks' or 'labels', got {targets!r}")
         df = manifest_df.reset_index(drop=True)
-        if mode == "full" and label_source is None and "mask_path" not in df.columns:
-            raise ValueError("full supervision needs a mask_path column")
-        self.df, self.scheme, self.cache, self.mode = df, scheme, cache, mode
+        if targets == "masks" and label_source is None and "mask_path" not in df.columns:
+            raise ValueError("pixel masks need a mask_path column (or a label_source)")
+        self.df, self.scheme, self.cache, self.targets = df, scheme, cache, targets
         self.label_source = label_source
         self.augment, self.stain_normalizer = augment, stain_normalizer
         self.mean = torch.tensor(normalize[0], dtype=torch.float32).view(3, 1, 1)
@@ -137,10 +139,11 @@ class PatchDataset(Dataset):
         self.patch_size = patch_size
         has_labels = all(f"label_{n}" in df.columns for n in scheme.names)
         self.labels = None
-        if mode == "weak" or has_labels:
+        if targets == "labels" or has_labels:
             self.labels = torch.from_numpy(df[label_columns(df, scheme)].to_numpy(np.float32, copy=True))
         self.image_paths = df["image_path"].astype(str).tolist()
-        self.mask_paths = df["mask_path"].astype(str).tolist() if mode == "full" and label_source is None else None
+        self.mask_paths = (df["mask_path"].astype(str).tolist() if targets == "masks" and label_source is None
+                           else None)
 
     def __len__(self) -> int:
         return len(self.df)
@@ -169,7 +172,7 @@ class PatchDataset(Dataset):
             rgb = self.stain_normalizer(rgb)
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
         mask = None
-        if self.mode == "full":
+        if self.targets == "masks":
             if self.label_source is not None:
                 source, labels = self.image_paths[i], self.label_source(self.image_paths[i])
             else:
@@ -208,13 +211,14 @@ def class_pixel_counts(df: pd.DataFrame, scheme: ClassScheme) -> np.ndarray:
     return (df[cols].to_numpy(np.float64) * (df["size"].to_numpy(np.float64) ** 2)[:, None]).sum(axis=0)
 
 
-def balanced_weights(df: pd.DataFrame, scheme: ClassScheme, mode: Mode) -> np.ndarray:
+def balanced_weights(df: pd.DataFrame, scheme: ClassScheme, by: Literal["fractions", "labels"]) -> np.ndarray:
     """Per-patch sampling weights that give every class about the same share of draws.
 
-    A patch weighs ``sum_c a_c / A_c`` where ``a_c`` is its fraction of class ``c`` (full
-    mode) or its label (weak mode) and ``A_c`` the total over all patches.
+    A patch weighs ``sum_c a_c / A_c`` where ``a_c`` is its fraction of class ``c``
+    (``by="fractions"``, from the masks) or its image label (``by="labels"``) and ``A_c``
+    the total over all patches.
     """
-    cols = label_columns(df, scheme) if mode == "weak" else [f"frac_{n}" for n in scheme.names]
+    cols = label_columns(df, scheme) if by == "labels" else [f"frac_{n}" for n in scheme.names]
     a = df[cols].to_numpy(np.float64)
     totals = a.sum(axis=0)
     w = (a[:, totals > 0] / totals[totals > 0]).sum(axis=1)

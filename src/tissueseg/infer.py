@@ -68,6 +68,10 @@ class PredictorLike(Protocol):
 
     def preprocess(self, rgb: torch.Tensor) -> torch.Tensor: ...
 
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def check_window(self, size: int) -> None: ...
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -201,6 +205,7 @@ def predict_bands(
     value (256 bins) over all bands.
     """
     t0 = time.perf_counter()
+    predictor.check_window(grid.window)
     device = device or next(predictor.model.parameters()).device
     K, win, W = predictor.scheme.num_classes, grid.window, grid.width
     keep = window_keep(grid, mask)
@@ -250,12 +255,12 @@ def predict_bands(
     try:
         with torch.inference_mode(), contextlib.closing(_read_ahead(read_window, grid, todo, batch_size)) as batches:
             for batch, pixels in batches:
-                x = predictor.preprocess(torch.from_numpy(pixels).to(device))
+                x = predictor.preprocess(torch.from_numpy(pixels))
                 with torch.autocast(device.type, enabled=use_amp):
-                    logits = predictor.model(x.contiguous(memory_format=torch.channels_last))
-                if logits.shape[-2:] != (win, win):
-                    logits = torch.nn.functional.interpolate(logits.float(), size=(win, win), mode="bilinear")
-                weighted = (torch.softmax(logits.float(), dim=1) * weight).cpu().numpy()
+                    window_probs = predictor.probabilities(x).float()
+                if window_probs.shape[-2:] != (win, win):
+                    window_probs = torch.nn.functional.interpolate(window_probs, size=(win, win), mode="bilinear")
+                weighted = (window_probs * weight).cpu().numpy()
                 for (k, i), wp in zip(batch, weighted):
                     if k < first_row:
                         continue

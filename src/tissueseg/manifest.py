@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import io
 from .batch import run_batch
 from .colorize import colorize
 from .schemes import IGNORE, ClassScheme
+from .slide import image_mpp
 from .splits import SplitMethod, assign_splits, check_split, parse_bcss_name
 from .tiling import Edge, check_grid, grid, image_labels, patch_fractions
 
@@ -100,11 +102,14 @@ def tile_image(
     min_roi: float = 0.5,
     label_threshold: float = 0.05,
     patches_out: Path | None = None,
+    mpp: float | None = None,
 ) -> pd.DataFrame:
     """The manifest rows of one region: a patch per grid window with ``roi_fraction >= min_roi``.
 
-    Columns: ``image_id`` (image stem), ``slide_id``, ``patient_id``, ``site``,
-    ``image_path``, ``mask_path`` (absolute), ``width``, ``height``, ``x``, ``y``, ``size``,
+    ``mpp`` is the region's µm/px; by default it is read from the image's name or metadata
+    (:func:`~tissueseg.slide.image_mpp`), and an image that says nothing is refused rather
+    than guessed. Columns: ``image_id`` (image stem), ``slide_id``, ``patient_id``, ``site``,
+    ``image_path``, ``mask_path`` (absolute), ``mpp``, ``width``, ``height``, ``x``, ``y``, ``size``,
     ``roi_fraction``, ``frac_<class>`` (float32), ``label_<class>`` (uint8, see
     :func:`~tissueseg.tiling.image_labels`), ``n_labels``. With ``patches_out``, also writes
     ``<image id>_x<X>_y<Y>.png`` under ``images/`` (RGB, white past the border), ``masks/``
@@ -113,6 +118,10 @@ def tile_image(
     scheme, or an image and mask of different sizes.
     """
     image_path, mask_path = Path(image_path).resolve(), Path(mask_path).resolve()
+    mpp = mpp or image_mpp(image_path)
+    if mpp is None:
+        raise io.InputError(image_path, "its µm/px is in neither its name (_MPP-0.2500) nor its metadata: "
+                                        "give it (tile --mpp)")
     mask = io.read_mask(mask_path)
     try:
         labels = scheme.apply(mask)
@@ -133,7 +142,7 @@ def tile_image(
     n = len(corners)
     columns: dict[str, object] = {
         "image_id": stem, "slide_id": info["slide_id"], "patient_id": info["patient_id"], "site": info["site"],
-        "image_path": str(image_path), "mask_path": str(mask_path),
+        "image_path": str(image_path), "mask_path": str(mask_path), "mpp": np.full(n, mpp, np.float64),
         "width": np.full(n, labels.shape[1], np.int32), "height": np.full(n, labels.shape[0], np.int32),
         "x": corners[:, 0].astype(np.int32), "y": corners[:, 1].astype(np.int32),
         "size": np.full(n, size, np.int32), "roi_fraction": roi.astype(np.float32),
@@ -181,51 +190,89 @@ def _previous_params(out: Path) -> tuple[Path, dict] | None:
     return None
 
 
+class TileParams(BaseModel):
+    """How a dataset is tiled: the defaults of ``tissueseg tile``, :func:`tile_dataset` and the
+    pipeline's ``tile:`` section alike (one place)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(256, gt=0, description="Patch side in pixels.")
+    stride: int = Field(128, gt=0, description="Step between patches in pixels.")
+    edge: Edge = Field("shift", description="Border: shift the last patch inside, drop partial patches, or pad past the border.")
+    min_roi: float = Field(0.5, ge=0, le=1, description="Keep a patch when at least this fraction of it is not ignored.")
+    label_threshold: float = Field(0.05, ge=0, le=1, description="Image label: a class covers at least this "
+                                                                  "fraction of the patch's ROI pixels.")
+    split: SplitMethod = Field("slide", description="Train/val/test by slide, BCSS test sites (OL LL E2 EW GM S3), or all train.")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of slide groups for validation.")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of slide groups for test (split slide; bcss-sites takes the test sites).")
+    seed: int = Field(0, description="Seed of the split.")
+    mpp: float | None = Field(None, gt=0, description="µm/px of the regions (default: from each image's name, e.g. "
+                                                      "_MPP-0.2500, or its metadata; an image that says nothing is skipped).")
+    patches: bool = Field(False, description="Also write patch PNGs to OUT/patches/{images,masks,palette}.")
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> TileParams:
+        check_split(self.split, self.val_fraction, self.test_fraction)
+        return self
+
+
+def check_train_split(image_ids: Sequence[str], params: TileParams) -> None:
+    """``ValueError`` when the split would leave no image for training (checked before any work)."""
+    if not image_ids or params.split == "none":
+        return
+    regions = pd.DataFrame([parse_bcss_name(i) for i in image_ids])
+    split = assign_splits(regions, params.split, params.val_fraction, params.test_fraction, seed=params.seed)
+    if not (split == "train").any():
+        groups = regions["patient_id"].fillna(regions["slide_id"]).nunique()
+        raise ValueError(f"split {params.split} of {groups} slide group(s) with val_fraction "
+                         f"{params.val_fraction} and test_fraction {params.test_fraction} leaves none for "
+                         "training: lower the fractions, add slides, or use split none")
+
+
+def tile_params(**fields: object) -> TileParams:
+    """:class:`TileParams` from keyword fields; ``ValueError`` naming the first bad field."""
+    try:
+        return TileParams(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "tile"
+        raise ValueError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
 def tile_dataset(
     pairs: Sequence[tuple[str | Path, str | Path]],
     out: str | Path,
     scheme: ClassScheme,
-    size: int = 256,
-    stride: int = 128,
-    edge: Edge = "shift",
-    min_roi: float = 0.5,
-    label_threshold: float = 0.05,
-    split: SplitMethod = "slide",
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
-    seed: int = 0,
-    patches: bool = False,
+    params: TileParams | None = None,
+    *,
     workers: int = 1,
     scheduler: str | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    **fields: object,
 ) -> TileResult:
     """Tile every ``(image, mask)`` pair and write ``out/manifest.{parquet,csv,json}``.
 
+    ``params`` (or its fields as keywords, e.g. ``size=512``) say how (:class:`TileParams`).
     Each finished image leaves ``out/parts/<image id>.parquet``; a rerun with the same
     parameters skips those images (resume), bad pairs are skipped with their reason. With
     ``patches``, patch PNGs go to ``out/patches/{images,masks,palette}``. The manifest gets
     a ``split`` column (:func:`~tissueseg.splits.assign_splits`); ``manifest.json`` holds the
-    parameters and counts. Different parameters than an earlier run in ``out`` raise
-    ``ValueError`` unless ``overwrite`` (which starts over).
+    parameters and counts. ``mpp`` gives every region's µm/px (default: each image's name or
+    metadata; images that say nothing are skipped with the reason). Different parameters
+    than an earlier run in ``out`` raise ``ValueError`` unless ``overwrite`` (which starts over).
     """
-    check_grid(size, stride, edge)
-    check_split(split, val_fraction, test_fraction)
-    if not (0 <= min_roi <= 1 and 0 <= label_threshold <= 1):
-        raise ValueError(f"min_roi and label_threshold must be in 0..1 (got {min_roi}, {label_threshold})")
+    p = tile_params(**((params.model_dump() if params else {}) | fields))
+    check_grid(p.size, p.stride, p.edge)
     pairs = [(Path(i), Path(m)) for i, m in pairs]
     ids = [i.stem for i, _ in pairs]
     dupes = sorted({s for s in ids if ids.count(s) > 1})
     if dupes:
         raise ValueError(f"several images share the stem(s) {', '.join(dupes)}: patch ids would collide")
+    check_train_split(ids, p)
     out = io.check_output_dir(out)
     parts, patches_out = out / "parts", out / "patches"
-    params = json.loads(json.dumps({
-        "scheme": scheme.to_dict(), "size": size, "stride": stride, "edge": edge, "min_roi": min_roi,
-        "label_threshold": label_threshold, "split": split, "val_fraction": val_fraction,
-        "test_fraction": test_fraction, "seed": seed,
-        "patches": patches,
-    }))
+    params = json.loads(json.dumps({"scheme": scheme.to_dict(), **p.model_dump()}))
     previous = _previous_params(out)
     if overwrite:
         for folder in (parts, patches_out):
@@ -240,8 +287,8 @@ def tile_dataset(
     io.write_json(parts / "params.json", {"params": params})
     todo = [p for p in pairs if not (parts / f"{p[0].stem}.parquet").is_file()]
     fn = functools.partial(
-        _tile_part, parts=parts, patches_out=patches_out if patches else None, scheme=scheme, size=size,
-        stride=stride, edge=edge, min_roi=min_roi, label_threshold=label_threshold,
+        _tile_part, parts=parts, patches_out=patches_out if p.patches else None, scheme=scheme, size=p.size,
+        stride=p.stride, edge=p.edge, min_roi=p.min_roi, label_threshold=p.label_threshold, mpp=p.mpp,
     )
     batch = run_batch(fn, todo, workers=workers, scheduler=scheduler, desc="tile", quiet=quiet)
     done = [parts / f"{s}.parquet" for s in ids if (parts / f"{s}.parquet").is_file()]
@@ -251,18 +298,26 @@ def tile_dataset(
     if not done:
         return result
     manifest = pd.concat([pd.read_parquet(p) for p in done], ignore_index=True)
-    manifest["split"] = assign_splits(manifest, split, val_fraction, test_fraction, seed=seed)
+    manifest["split"] = assign_splits(manifest, p.split, p.val_fraction, p.test_fraction, seed=p.seed)
     result.patches = len(manifest)
     result.splits = {s: int(n) for s, n in manifest["split"].value_counts().sort_index().items()}
-    result.manifest = out / "manifest.parquet"
-    with io.atomic_path(result.manifest) as tmp:
-        manifest.to_parquet(tmp, index=False)
-    with io.atomic_path(out / "manifest.csv") as tmp:
-        manifest.to_csv(tmp, index=False)
-    counts = {"images": result.images, "patches": result.patches, "splits": result.splits,
-              "skipped": len(result.skipped)}
-    io.write_json(out / "manifest.json", {"params": params, "counts": counts})
+    result.manifest = write_manifest(manifest, out, params, skipped=len(result.skipped))
     return result
+
+
+def write_manifest(table: pd.DataFrame, out: Path, params: dict, skipped: int = 0) -> Path:
+    """``out/manifest.parquet`` (the rows), ``manifest.csv`` (the same) and ``manifest.json``
+    (``params`` and counts), each written atomically; returns the Parquet path."""
+    path = out / "manifest.parquet"
+    with io.atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+    with io.atomic_path(out / "manifest.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    splits = {str(s): int(n) for s, n in table["split"].value_counts().sort_index().items()}
+    counts = {"images": int(table["image_path"].nunique()), "patches": len(table), "splits": splits,
+              "skipped": skipped}
+    io.write_json(out / "manifest.json", {"params": params, "counts": counts})
+    return path
 
 
 def load_manifest(path: str | Path) -> tuple[pd.DataFrame, dict]:
@@ -274,3 +329,20 @@ def load_manifest(path: str | Path) -> tuple[pd.DataFrame, dict]:
         if not f.is_file():
             raise io.InputError(f, "no such file (run `tissueseg tile` first)")
     return pd.read_parquet(table), json.loads(meta.read_text())
+
+
+def manifest_mpp(df: pd.DataFrame, source: str = "manifest") -> float:
+    """The µm/px of a manifest's regions (its ``mpp`` column; one value).
+
+    Tables without the column (made before it existed, or by
+    :func:`~tissueseg.weaklabels.read_weak_folder` from names without ``_MPP-``) raise
+    ``ValueError``: the resolution is never guessed.
+    """
+    if "mpp" not in df.columns:
+        raise ValueError(f"{source}: records no µm/px (an older manifest?): tile again, with --mpp if the "
+                         "images' names and metadata do not say it")
+    values = np.unique(df["mpp"].to_numpy(np.float64))
+    if len(values) != 1 or not values[0] > 0:
+        raise ValueError(f"{source}: regions at several or no µm/px ({values.tolist()[:5]}); "
+                         "train on regions of one resolution")
+    return float(values[0])

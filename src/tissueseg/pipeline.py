@@ -24,7 +24,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import io
-from .schemes import load_scheme
+from .config import RunConfig, TrainConfig
+from .manifest import TileParams
+from .schemes import DEFAULT_SCHEME, load_scheme
 
 Log = Callable[[str], None]
 
@@ -39,24 +41,13 @@ class DataSection(_Section):
     masks: Path | None = None
     image_suffix: str = ""
     mask_suffix: str = ""
+    mpp: float | None = Field(None, gt=0, description="µm/px of the regions (default: each image's name or metadata)")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
         if (self.root is None) == (self.images is None or self.masks is None):
             raise ValueError("give data.root, or data.images and data.masks")
         return self
-
-
-class TileSection(_Section):
-    size: int = Field(256, gt=0)
-    stride: int = Field(128, gt=0)
-    edge: Literal["shift", "drop", "pad"] = "shift"
-    min_roi: float = Field(0.5, ge=0, le=1)
-    label_threshold: float = Field(0.05, gt=0, le=1)
-    split: Literal["slide", "bcss-sites", "none"] = "slide"
-    val_fraction: float = Field(0.2, ge=0, lt=1)
-    test_fraction: float = Field(0.2, ge=0, lt=1)
-    seed: int = 0
 
 
 class PredictSection(_Section):
@@ -70,19 +61,67 @@ class PredictSection(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+DEFAULT_WEAK_METHOD = "label-grid"
+"""What ``method: weak`` means in a pipeline config."""
+LABEL_GRID_CELL = 32
+"""Side in px of the cells whose image labels ``label-grid`` learns from in the pipeline."""
+
+
+class ModelSpec(TrainConfig):
+    """One model of a pipeline: a training config (``data.manifest`` and ``run.out`` are the
+    pipeline's) and, for weak methods, the side of the patches whose image labels it learns from."""
+
+    label_patch: int | None = Field(None, gt=0, description="side in px of the labelled patches (weak methods; "
+                                                           f"default: label-grid {LABEL_GRID_CELL}, mil the tile size)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weak_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("method") == "weak":
+            data = {**data, "method": DEFAULT_WEAK_METHOD}
+        return data
+
+    def tiling(self, base: TileParams) -> TileParams:
+        """How the pipeline tiles this model's training data: the pipeline's tiling for masks;
+        non-overlapping patches (a grid of cells, edge pad) for labels."""
+        if self.method == "full":
+            return base
+        side = self.label_patch or (LABEL_GRID_CELL if self.method == "label-grid" else base.size)
+        return base.model_copy(update={"size": side, "stride": side, "edge": "pad"})
+
+
+def _default_models() -> dict[str, ModelSpec]:
+    return {"full": ModelSpec(), "weak": ModelSpec(method="weak")}
+
+
 class PipelineConfig(_Section):
     out: Path
     data: DataSection
-    scheme: str = "bcss5"
+    scheme: str = DEFAULT_SCHEME
     workers: int = Field(1, ge=1)
     scheduler: str | None = None
-    tile: TileSection = Field(default_factory=TileSection)
-    train: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"full": {}, "weak": {"method": "weak"}},
-        description="models to train: name -> training config (sections model, loss, data, optim, run; "
-                    "'method: weak' trains from image labels with the default weak method)")
+    tile: TileParams = Field(default_factory=TileParams)
+    train: dict[str, ModelSpec] = Field(
+        default_factory=_default_models,
+        description="models to train: name -> training config (method, model, loss, data, optim, run, ...); "
+                    f"'method: weak' is the default weak method ({DEFAULT_WEAK_METHOD})")
     predict: PredictSection = Field(default_factory=PredictSection)
     samples: int = Field(6, ge=0, description="sample patches shown in the report")
+
+    @model_validator(mode="after")
+    def _models_fit(self) -> PipelineConfig:
+        """Every model can train on the tiles it will get (checked before any stage runs)."""
+        from .supervision import METHODS
+
+        for name, spec in self.train.items():
+            if spec.data.manifest is not None or spec.run.out != RunConfig().out:
+                raise ValueError(f"train.{name}: data.manifest and run.out are set by the pipeline")
+            size = spec.data.patch_size or METHODS[spec.method].default_patch_size(spec.tiling(self.tile).size)
+            try:
+                spec.check_input_size(size)
+            except ValueError as exc:
+                raise ValueError(f"train.{name}: {exc}") from None
+        return self
 
 
 def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
@@ -175,7 +214,7 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
         raise ValueError(f"{images_dir}: no image/mask pairs (matched by file stem) with {masks_dir}")
     for p in [*lone_images, *lone_masks]:
         log(f"unmatched (no partner with the same stem): {p}")
-    data_key = _key(_fingerprint([p for pair in pairs for p in pair]))
+    data_key = _key(_fingerprint([p for pair in pairs for p in pair]), cfg.data.mpp)
     masks = [m for _, m in pairs]
 
     # stats
@@ -200,7 +239,7 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
     tiles_dir = out / "tiles"
     tile_key = _key(data_key, scheme.to_dict(), cfg.tile.model_dump())
     stage("tile", tile_key, [tiles_dir / "manifest.parquet"],
-          lambda restart: _tile(cfg, tiles_dir, scheme, pairs=pairs, overwrite=restart, quiet=quiet))
+          lambda restart: _tile(cfg, tiles_dir, scheme, cfg.tile, pairs=pairs, overwrite=restart, quiet=quiet))
     manifest, _ = load_manifest(tiles_dir)
     summary["patches"] = {str(k): int(v) for k, v in manifest["split"].value_counts().items()}
 
@@ -229,7 +268,7 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
     return summary
 
 
-def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Path, scheme: Any, pairs: list,
+def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, scheme: Any, pairs: list,
                   tile_key: str, tiles_dir: Path, held_images: list[Path], held_masks: dict[str, Path],
                   stage: Callable[..., bool], quiet: bool) -> dict[str, Any]:
     """Train one model, predict the held-out regions and slides with it, evaluate it."""
@@ -237,21 +276,22 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
     from .infer import predict_files
     from .metrics import evaluate_folders, json_safe, per_class_csv, plot_confusion
 
-    spec = dict(spec)
-    method = spec.pop("method", "full")
+    method = spec.method
     manifest = tiles_dir / "manifest.parquet"
-    if method == "weak":  # the default weak method learns from the labels of small patches
-        cell = int(spec.pop("cell", WEAK_CELL))
-        cells_dir = out / f"tiles-{cell}"
-        tile_key = _key(tile_key, cell)
-        stage(f"tile:{name}", tile_key, [cells_dir / "manifest.parquet"],
-              lambda restart: _tile(cfg, cells_dir, scheme, pairs=pairs, size=cell, stride=cell, edge="pad",
-                                    overwrite=restart, quiet=quiet))
-        manifest = cells_dir / "manifest.parquet"
+    tiling = spec.tiling(cfg.tile)
+    if tiling != cfg.tile:  # weak methods learn from the labels of non-overlapping patches
+        labelled_dir = out / f"tiles-{tiling.size}"
+        tile_key = _key(tile_key, tiling.model_dump())
+        stage(f"tile:{name}", tile_key, [labelled_dir / "manifest.parquet"],
+              lambda restart: _tile(cfg, labelled_dir, scheme, tiling, pairs=pairs, overwrite=restart, quiet=quiet))
+        manifest = labelled_dir / "manifest.parquet"
     train_dir = out / "train" / name
-    train_key = _key(tile_key, method, spec)
+    train_cfg = spec.model_copy(update={
+        "data": spec.data.model_copy(update={"manifest": manifest}),
+        "run": spec.run.model_copy(update={"out": train_dir})})
+    train_key = _key(tile_key, spec.model_dump(mode="json", exclude={"label_patch": True}))
     stage(f"train:{name}", train_key, [train_dir / "best.pt"],
-          lambda restart: _train(method, spec, manifest, train_dir, restart, quiet))
+          lambda restart: _train(train_cfg, restart, quiet))
     result: dict[str, Any] = {"method": method, "train_dir": train_dir, "summary": {"method": method}}
     predictor = None
 
@@ -269,7 +309,8 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
         def _predict_regions(restart: bool) -> None:
             if restart:
                 shutil.rmtree(pred_dir, ignore_errors=True)
-            res = predict_files(_predictor(), held_images, pred_dir, workers=1, quiet=quiet, tissue=False, **pred_kw)
+            res = predict_files(_predictor(), held_images, pred_dir, workers=1, quiet=quiet, tissue=False,
+                                mpp=cfg.data.mpp, **pred_kw)
             if res.skipped:
                 raise ValueError("; ".join(r for _, r in res.skipped))
 
@@ -310,38 +351,24 @@ def _model_stages(name: str, spec: dict[str, Any], cfg: PipelineConfig, out: Pat
     return result
 
 
-def _tile(cfg: PipelineConfig, out: Path, scheme: Any, *, pairs: list, overwrite: bool, quiet: bool,
-          **grid: Any) -> None:
-    """``tile_dataset`` with the config's settings (``grid`` overrides size, stride, edge)."""
+def _tile(cfg: PipelineConfig, out: Path, scheme: Any, params: TileParams, *, pairs: list, overwrite: bool,
+          quiet: bool) -> None:
     from .manifest import tile_dataset
 
-    t = cfg.tile.model_dump() | grid
-    tile_dataset(pairs, out, scheme, size=t["size"], stride=t["stride"], edge=t["edge"], min_roi=t["min_roi"],
-                 label_threshold=t["label_threshold"], split=t["split"], val_fraction=t["val_fraction"],
-                 test_fraction=t["test_fraction"], seed=t["seed"], workers=cfg.workers, scheduler=cfg.scheduler,
-                 overwrite=overwrite, quiet=quiet)
+    tile_dataset(pairs, out, scheme, params.model_copy(update={"mpp": params.mpp or cfg.data.mpp}),
+                 workers=cfg.workers, scheduler=cfg.scheduler, overwrite=overwrite, quiet=quiet)
 
 
-def _train(method: str, spec: dict[str, Any], manifest: Path, out: Path, restart: bool, quiet: bool) -> None:
+def _train(cfg: ModelSpec, restart: bool, quiet: bool) -> None:
     """Train one model; an interrupted run of the same stage resumes from its last checkpoint."""
-    from .config import TrainConfig
     from .train import train
 
-    data = json.loads(json.dumps(spec))  # deep copy
-    data.setdefault("data", {})["manifest"] = str(manifest)
-    data.setdefault("run", {})["out"] = str(out)
-    if method == "weak":
-        data.setdefault("loss", {})["name"] = "label-grid"
-    elif method != "full":
-        raise ValueError(f"train method {method!r}: expected 'full' or 'weak'")
-    train(TrainConfig.model_validate(data), quiet=quiet, overwrite=restart)
+    train(TrainConfig.model_validate(cfg.model_dump(exclude={"label_patch"})), quiet=quiet, overwrite=restart)
 
 
 # ----------------------------------------------------------------------------- demo
 
 
-WEAK_CELL = 32
-"""Side in px of the small patches whose image labels the default weak method learns from."""
 DEMO_TRAIN_STEPS = 200
 
 
@@ -353,8 +380,8 @@ def demo_config(out: Path, steps: int = DEMO_TRAIN_STEPS) -> PipelineConfig:
         out=out,
         data=DataSection(root=out / "data"),
         scheme="bcss5",
-        tile=TileSection(size=128, stride=64, split="bcss-sites", val_fraction=0.25),
-        train={"full": {"run": run, "data": {"workers": 0}}, "weak": {"method": "weak", "run": run}},
+        tile=TileParams(size=128, stride=64, split="bcss-sites", val_fraction=0.25),
+        train={"full": ModelSpec(run=run, data={"workers": 0}), "weak": ModelSpec(method="weak", run=run)},
         predict=PredictSection(split="test", max_regions=2, window=256,
                                slides=[out / "data" / "slides" / "synth_slide.tiff"]),
     )

@@ -224,6 +224,8 @@ def bcss_wsss4() -> ClassScheme:
 
 
 BUILTIN = {"bcss22": bcss22, "bcss5": bcss5, "bcss-wsss4": bcss_wsss4}
+DEFAULT_SCHEME = "bcss5"
+"""The scheme every command, the Python API and the pipeline use when none is given."""
 
 
 def scheme_from_dict(data: dict, *, source: str = "<dict>") -> ClassScheme:

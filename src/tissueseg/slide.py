@@ -185,6 +185,25 @@ def open_image(path: str | Path, mpp: float | None = None) -> SlideReader:
     return reader
 
 
+def image_mpp(path: str | Path) -> float | None:
+    """The µm/px of an image's level 0 from its name (``_MPP-0.2500``), then its metadata
+    (OpenSlide properties, TIFF resolution tags, PNG/JPEG dpi); None when nothing says it."""
+    path = Path(path)
+    if (m := MPP_IN_NAME.search(path.name)) and float(m.group(1)) > 0:
+        return float(m.group(1))
+    if path.suffix.lower() in IMAGE_SUFFIXES and path.suffix.lower() not in (".tif", ".tiff"):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                dpi = img.info.get("dpi")
+        except (OSError, SyntaxError, ValueError):
+            raise InputError(path, "cannot read image header") from None
+        return _plausible(25400.0 / float(dpi[0])) if dpi and float(dpi[0]) > 0 else None
+    with open_image(path) as reader:
+        return reader.mpp
+
+
 def _open(path: Path) -> SlideReader:
     import openslide
 

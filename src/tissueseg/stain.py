@@ -77,16 +77,35 @@ class Normalizer:
         return out
 
 
-def fit_normalizer(method: Method, reference_rgb: np.ndarray, *, min_tissue: float = MIN_TISSUE) -> Normalizer:
-    """Fit ``method`` (``macenko`` or ``reinhard``) on a reference H&E image."""
+    def state(self) -> dict[str, Any]:
+        """The fitted parameters as plain data (:func:`normalizer_from_state` rebuilds the normaliser)."""
+        fitted = ("HERef", "maxCRef") if self.method == "macenko" else ("target_means", "target_stds")
+        return {"method": self.method, "min_tissue": self.min_tissue,
+                "params": {k: np.asarray(getattr(self.engine, k), np.float64).tolist() for k in fitted}}
+
+
+def _engine(method: Method) -> Any:
     from torchstain.numpy.normalizers import NumpyMacenkoNormalizer, NumpyReinhardNormalizer
 
     if method not in METHODS:
         raise ValueError(f"unknown stain normalisation {method!r}; choose from {', '.join(METHODS)}")
+    return NumpyMacenkoNormalizer() if method == "macenko" else NumpyReinhardNormalizer()
+
+
+def normalizer_from_state(state: dict[str, Any]) -> Normalizer:
+    """The normaliser whose :meth:`Normalizer.state` is ``state`` (e.g. from a checkpoint)."""
+    engine = _engine(state["method"])
+    for key, value in state["params"].items():
+        setattr(engine, key, np.asarray(value, np.float64))
+    return Normalizer(state["method"], engine, float(state["min_tissue"]))
+
+
+def fit_normalizer(method: Method, reference_rgb: np.ndarray, *, min_tissue: float = MIN_TISSUE) -> Normalizer:
+    """Fit ``method`` (``macenko`` or ``reinhard``) on a reference H&E image."""
+    engine = _engine(method)
     reference_rgb = _check_rgb(reference_rgb)
     if not _enough_tissue(reference_rgb, min_tissue):
         raise ValueError("the reference image holds too little tissue to fit a stain normaliser")
-    engine = NumpyMacenkoNormalizer() if method == "macenko" else NumpyReinhardNormalizer()
     if method == "macenko":
         engine.fit(reference_rgb, Io=IO, beta=BETA)
     else:

@@ -1,10 +1,11 @@
 """The training loop: step-based, resumable, deterministic with the seed, DDP-ready.
 
-:func:`train` reads the manifest, builds the model (DeepLabv3+ or FCN), the loss (CE from
-masks; CE from pseudo-masks made from the labels of small patches, ``label-grid``; or a
-MIL loss from image labels) and a poly-LR optimiser, and trains for ``run.steps`` steps.
-Every ``val_every`` steps it scores the val split's pixel masks (for weak models too:
-masks are read for evaluation only), logs ``metrics.csv`` and ``curves.png`` and keeps
+:func:`train` reads the manifest, sets up the config's ``method`` (a
+:class:`~tissueseg.supervision.Supervision`: what the samples carry, what output of the
+model the loss reads, the loss), builds the model and a poly-LR optimiser, and trains for
+``run.steps`` steps. The loop knows nothing else about the method. Every ``val_every``
+steps it scores the val split's pixel masks (for weak methods too: masks are read for
+evaluation only), logs ``metrics.csv`` and ``curves.png`` and keeps
 ``best.pt`` (by val mIoU; the latest model when there is no val split) and ``last.pt``.
 ``last.pt`` is also written every ``checkpoint_every`` steps and on Ctrl-C / SIGTERM; a
 rerun resumes from it and reaches the same weights as an uninterrupted run (data order
@@ -40,18 +41,15 @@ from tqdm.auto import tqdm
 
 from . import io
 from .augment import Augment
-from .checkpoint import model_args, read_checkpoint, save_checkpoint
+from .checkpoint import Preprocessing, model_args, read_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import PatchDataset, RegionCache, StepSampler, balanced_weights, class_pixel_counts
-from .losses import LossSum
-from .manifest import load_manifest
+from .data import PatchDataset, RegionCache, StepSampler
+from .manifest import load_manifest, manifest_mpp
 from .metrics import ConfusionAccumulator, scores
 from .models import build_model, normalization
 from .schemes import IGNORE, ClassScheme, load_scheme, scheme_from_dict
-from .splits import parse_bcss_name
+from .supervision import Context, Supervision, build_supervision
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], LossSum]
-DEFAULT_MPP = 0.25
 RESUME_FREE = ("run.out", "run.device", "data.workers", "data.cache_dir")
 """Config fields that may change between a run and its resumption (they do not change results)."""
 
@@ -181,14 +179,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 class _Net(nn.Module):
-    """What DDP wraps: the forward pass the loss needs (coarse maps for MIL losses)."""
+    """What DDP wraps: the forward pass the loss reads (the supervision's ``output``)."""
 
-    def __init__(self, model: nn.Module, maps: bool):
+    def __init__(self, model: nn.Module, output: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
         super().__init__()
-        self.model, self.maps = model, maps
+        self.model, self.output = model, output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self.model, "forward_maps", self.model)(x) if self.maps else self.model(x)
+        return self.output(self.model, x)
 
 
 @contextlib.contextmanager
@@ -240,21 +238,17 @@ def _batch(batch: dict, device: torch.device, channels_last: bool) -> tuple[torc
     return x, {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in ("mask", "labels")}
 
 
-def _loss_parts(loss_fn: LossFn, out: torch.Tensor, targets: dict, weak: bool) -> LossSum:
-    return loss_fn(out.float(), targets["labels"] if weak else targets["mask"])
-
-
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, *, loss_fn: LossFn | None = None,
-    weak: bool = False, channels_last: bool = True, autocast: contextlib.AbstractContextManager | None = None,
-    reduce: bool = False,
+    model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, *,
+    supervision: Supervision | None = None, channels_last: bool = True,
+    autocast: contextlib.AbstractContextManager | None = None, reduce: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """``(confusion matrix, mean loss)`` of ``model`` over a loader of full-mode samples.
+    """``(confusion matrix, mean loss)`` of ``model`` over a loader of samples with masks.
 
-    ``loss_fn`` gives :class:`~tissueseg.losses.LossSum` parts (``build_loss(..., parts=True)``);
-    the loss is their total over the loader divided by their count. ``reduce``: sum the
-    matrix and the loss parts over the DDP processes (each scored its share of the samples).
+    The loss is the ``supervision``'s (its parts summed over the loader, divided by their
+    count; NaN without one). ``reduce``: sum the matrix and the loss parts over the DDP
+    processes (each scored its share of the samples).
     """
     model.eval()
     acc = ConfusionAccumulator(num_classes, ignore_index=IGNORE)
@@ -263,9 +257,9 @@ def evaluate(
         x, targets = _batch(batch, device, channels_last)
         with autocast or contextlib.nullcontext():
             logits = model(x)
-            if loss_fn is not None:
-                out = getattr(model, "forward_maps", model)(x) if weak else logits
-                parts = _loss_parts(loss_fn, out, targets, weak)
+            if supervision is not None:
+                out = logits if supervision.output_is_logits else supervision.output(model, x)
+                parts = supervision.loss(out, targets)
                 sums += torch.stack([parts.total.double(), parts.count.double()])
         acc.add(logits.argmax(1), targets["mask"])
     cm = acc.cm
@@ -275,7 +269,7 @@ def evaluate(
         dist.all_reduce(sums)
         cm = cm_t.cpu().numpy()
     total, count = sums.tolist()
-    return cm, (total / count if loss_fn is not None and count > 0 else float("nan"))
+    return cm, (total / count if supervision is not None and count > 0 else float("nan"))
 
 
 def plot_curves(history: pd.DataFrame, path: Path) -> Path:
@@ -309,24 +303,6 @@ def _val_subset(df: pd.DataFrame, limit: int | None) -> pd.DataFrame:
     return df.iloc[np.unique(np.linspace(0, len(df) - 1, limit).round().astype(int))]
 
 
-def make_loss(cfg: TrainConfig, scheme: ClassScheme, train_df: pd.DataFrame, device: torch.device,
-              counts: np.ndarray | None = None) -> LossFn:
-    """The configured loss as :class:`~tissueseg.losses.LossSum` parts, with class weights from
-    pixel ``counts`` (default: the train patches') when asked."""
-    from .losses import build_loss
-
-    weights = None
-    if cfg.loss.class_weights != "none":
-        from .stats import class_weights
-
-        counts = class_pixel_counts(train_df, scheme) if counts is None else counts
-        weights = torch.tensor(class_weights(counts, cfg.loss.class_weights), dtype=torch.float32).to(device)
-    background = scheme.names.index(cfg.loss.background) if cfg.loss.background is not None else None
-    name = "ce" if cfg.loss.name == "label-grid" else cfg.loss.name  # label grids train on pseudo-masks
-    return build_loss(name, ignore_index=IGNORE, class_weights=weights, r=cfg.loss.r, k=cfg.loss.k,
-                      background_index=background, parts=True)
-
-
 def make_optimizer(
     cfg: TrainConfig, model: nn.Module, total: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -356,214 +332,258 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> TrainResult:
-    out = Path(cfg.run.out)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    config = cfg.to_dict()
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png", "config.yaml")
 
+
+def _open_run(cfg: TrainConfig, overwrite: bool, rank: int) -> dict | None:
+    """The checkpoint to resume from (None to start), after checking it is a run of the same config;
+    prepares ``run.out`` (rank 0)."""
+    out = Path(cfg.run.out)
     checkpoint = None
-    if last_path.is_file() and not overwrite:
-        checkpoint = read_checkpoint(last_path)
-        changed = config_differences(checkpoint["config"], config)
+    if (out / "last.pt").is_file() and not overwrite:
+        checkpoint = read_checkpoint(out / "last.pt")
+        changed = config_differences(checkpoint["config"], cfg.to_dict())
         if changed:
-            raise ValueError(f"{last_path}: a run with another config ({', '.join(changed)} differ); "
+            raise ValueError(f"{out / 'last.pt'}: a run with another config ({', '.join(changed)} differ); "
                              "use --overwrite or another --out")
     if rank == 0:
         io.check_output_dir(out)
         if overwrite:
-            for name in ("last.pt", "best.pt", "metrics.csv", "curves.png", "config.yaml"):
+            for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
         io.write_text(out / "config.yaml", cfg.dump())
+    return checkpoint
 
-    df, meta = load_manifest(cfg.data.manifest)
-    scheme = resolve_scheme(cfg, meta)
-    weak = cfg.loss.weak
-    mode = "weak" if weak else "full"
+
+def _splits(cfg: TrainConfig, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     train_df = df[df["split"] == cfg.data.train_split].reset_index(drop=True)
-    val_df = _val_subset(df[df["split"] == cfg.data.val_split].reset_index(drop=True), cfg.run.max_val_patches)
     if train_df.empty:
         raise ValueError(f"{cfg.data.manifest}: no patches in split {cfg.data.train_split!r}")
-    params = meta.get("params", meta)
-    grid = cfg.loss.name == "label-grid"
-    if grid:
-        cell = int(train_df["size"].iloc[0])
-        if int(params.get("stride", cell)) != cell:
-            raise ValueError(f"{cfg.data.manifest}: tiled with stride {params.get('stride')} != size {cell}; "
-                             "loss label-grid needs the cells of a grid (stride = size, edge pad)")
-    patch_size = cfg.data.patch_size or (4 * cell if grid else int(params.get("size", train_df["size"].iloc[0])))
-    mpp = float(params.get("mpp") or parse_bcss_name(str(train_df["image_id"].iloc[0]))["mpp"] or DEFAULT_MPP)
-    B = cfg.run.batch_size
-    total = cfg.run.steps or math.ceil(cfg.run.epochs * len(train_df) / B)
+    val_df = _val_subset(df[df["split"] == cfg.data.val_split].reset_index(drop=True), cfg.run.max_val_patches)
+    return train_df, val_df
 
-    torch.manual_seed(cfg.run.seed)
-    random.seed(cfg.run.seed)
-    np.random.seed(cfg.run.seed % 2**32)
-    model_cfg, num_classes, bg = model_args(config, scheme)
+
+def _preprocessing(cfg: TrainConfig, train_df: pd.DataFrame, patch_size: int) -> Preprocessing:
+    """What training does to pixels, recorded in every checkpoint (the stain normaliser fitted once)."""
+    mean, std = normalization(cfg.model)
+    stain = None
+    if cfg.data.stain_norm != "none":
+        from .stain import fit_normalizer
+
+        stain = fit_normalizer(cfg.data.stain_norm, io.read_image(cfg.data.stain_reference)).state()
+    return Preprocessing(manifest_mpp(train_df, str(cfg.data.manifest)), patch_size, tuple(mean), tuple(std), stain)
+
+
+def _build_model(cfg: TrainConfig, scheme: ClassScheme, device: torch.device, world: int) -> nn.Module:
+    model_cfg, num_classes, bg = model_args(cfg.to_dict(), scheme)
     model = build_model(model_cfg, num_classes, background_index=bg)
-    mean, std = normalization(model_cfg)
     if world > 1 and device.type == "cuda":
         from timm.layers import convert_sync_batchnorm  # also converts timm's BatchNormAct2d
 
         model = convert_sync_batchnorm(model)
     model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.run.channels_last else model
+
+
+class _Run:
+    """The mutable state of one training run: model, optimiser, history, best score; and its files."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, scheme: ClassScheme, preprocessing: Preprocessing,
+                 total: int, device: torch.device, rank: int, world: int):
+        self.cfg, self.model, self.scheme, self.preprocessing = cfg, model, scheme, preprocessing
+        self.rank, self.world = rank, world
+        self.out = Path(cfg.run.out)
+        self.config = cfg.to_dict()
+        self.optimizer, self.scheduler = make_optimizer(cfg, model, total)
+        amp_dtype = None
+        if cfg.run.amp and device.type == "cuda":
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        self.autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        self.step, self.history, self.running = 0, [], [0.0, 0]
+        self.best_miou, self.best_step = -1.0, -1
+
+    def resume(self, checkpoint: dict) -> None:
+        st = checkpoint["state"]
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        ranks = st.get("rng_ranks") or [st["rng"]]
+        _set_rng_state(ranks[self.rank] if len(ranks) == self.world else ranks[0])
+        if len(ranks) != self.world and self.rank:
+            torch.manual_seed(self.cfg.run.seed + 1_000_003 * self.rank + st["step"])
+        self.step, self.history, self.running = st["step"], list(st["history"]), list(st["running"])
+        self.best_miou, self.best_step = st["best_miou"], st["best_step"]
+
+    def _save(self, name: str, state: dict | None = None) -> None:
+        save_checkpoint(self.out / name, model=self.model, config=self.config, scheme=self.scheme,
+                        preprocessing=self.preprocessing, state=state)
+
+    def save_last(self) -> None:
+        """``last.pt`` with the training state (called by every process at the same steps)."""
+        state = {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": _rng_state(), "step": self.step, "history": self.history,
+            "running": self.running, "best_miou": self.best_miou, "best_step": self.best_step,
+        }
+        if self.world > 1:
+            state["rng_ranks"] = [None] * self.world
+            dist.all_gather_object(state["rng_ranks"], state["rng"])
+        if self.rank == 0:
+            self._save("last.pt", state)
+
+    def keep_if_best(self, miou: float | None) -> None:
+        """``best.pt`` when the val mIoU improves; without validation, the latest model."""
+        if miou is not None and not miou > self.best_miou:  # NaN (nothing scored) never counts
+            return
+        self.best_miou, self.best_step = (float(miou) if miou is not None else self.best_miou), self.step
+        if self.rank == 0:
+            self._save("best.pt")
+
+    def log(self, row: dict, validated: bool) -> None:
+        self.history.append(row)
+        if self.rank == 0:
+            frame = pd.DataFrame(self.history)
+            with io.atomic_path(self.out / "metrics.csv") as tmp:
+                frame.to_csv(tmp, index=False)
+            if validated:
+                plot_curves(frame, self.out / "curves.png")
+
+
+def _loaders(cfg: TrainConfig, sup: Supervision, ctx: Context, preprocessing: Preprocessing, start: int,
+             total: int, rank: int, world: int, device: torch.device) -> tuple[DataLoader, DataLoader | None]:
+    """The training loader (its sampler continues the seeded sequence at ``start``) and the val loader."""
+    stain = None
+    if preprocessing.stain is not None:
+        from .stain import normalizer_from_state
+
+        stain = normalizer_from_state(preprocessing.stain).transform
+    common = dict(scheme=ctx.scheme, cache=ctx.cache, patch_size=preprocessing.patch_size,
+                  normalize=(preprocessing.mean, preprocessing.std), stain_normalizer=stain)
+    augment = Augment(cfg.data.flips, cfg.data.rot90, cfg.data.stain_jitter, cfg.data.color_jitter, cfg.run.seed)
+    train_ds = PatchDataset(ctx.train_df, targets=sup.targets, augment=augment, label_source=sup.label_source,
+                            **common)
+    sampler = StepSampler(len(train_ds), cfg.run.batch_size, cfg.run.seed, start, total, rank=rank, world=world,
+                          weights=sup.sampling_weights() if cfg.data.balanced else None)
+    kw = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
+              generator=torch.Generator().manual_seed(cfg.run.seed),
+              worker_init_fn=_ignore_interrupts if cfg.data.workers else None)
+    loader = DataLoader(train_ds, batch_sampler=sampler, **kw)
+    val_df = sup.val_df
+    if val_df.empty:
+        return loader, None
+    val_ds = PatchDataset(val_df.iloc[rank::world], **common)  # every process scores every world-th patch
+    return loader, DataLoader(val_ds, batch_size=max(cfg.run.batch_size // world, 1), shuffle=False, **kw)
+
+
+def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> TrainResult:
+    checkpoint = _open_run(cfg, overwrite, rank)
+    out = Path(cfg.run.out)
+    df, meta = load_manifest(cfg.data.manifest)
+    scheme = resolve_scheme(cfg, meta)
+    train_df, val_df = _splits(cfg, df)
+    cache = RegionCache(cfg.data.cache_dir or Path(cfg.data.manifest).resolve().parent / "cache")
+    ctx = Context(cfg, train_df, val_df, meta.get("params", meta), scheme, cache, out, device, quiet, rank)
+    sup = build_supervision(cfg.method, ctx)
+    cfg.check_input_size(sup.patch_size)
+    preprocessing = _preprocessing(cfg, train_df, sup.patch_size)
+    if rank == 0:
+        sup.write_previews(out / "pseudo-masks")
+    total = cfg.run.steps or math.ceil(cfg.run.epochs * len(train_df) / cfg.run.batch_size)
+
+    torch.manual_seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed % 2**32)
+    model = _build_model(cfg, scheme, device, world)
     if rank:  # dropout draws other masks in every process
         torch.manual_seed(cfg.run.seed + 1_000_003 * rank)
-    if cfg.run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    cache = RegionCache(cfg.data.cache_dir or Path(cfg.data.manifest).resolve().parent / "cache")
-    pseudo = None
-    if grid:  # the default weak method: pseudo-masks from the labels of the cells
-        from .weak.pseudomask import PseudoMasks
-
-        pseudo = PseudoMasks(train_df, scheme, cache, cfg.loss.smooth, quiet=quiet or rank > 0)
-        if rank == 0:
-            pseudo.write_previews(out / "pseudo-masks", scheme)
-        if "mask_path" not in val_df.columns:  # labels without masks: nothing to validate on
-            val_df = val_df.iloc[:0]
-    loss_fn = make_loss(cfg, scheme, train_df, device,
-                        counts=pseudo.pixel_counts(scheme.num_classes) if pseudo is not None else None)
-    optimizer, scheduler = make_optimizer(cfg, model, total)
-    amp_dtype = None
-    if cfg.run.amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
-    start, history, best_miou, best_step, running = 0, [], -1.0, -1, [0.0, 0]
+    run = _Run(cfg, model, scheme, preprocessing, total, device, rank, world)
     if checkpoint is not None:
-        st = checkpoint["state"]
-        getattr(model, "module", model).load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
-        ranks = st.get("rng_ranks") or [st["rng"]]
-        _set_rng_state(ranks[rank] if len(ranks) == world else ranks[0])
-        if len(ranks) != world and rank:
-            torch.manual_seed(cfg.run.seed + 1_000_003 * rank + st["step"])
-        start, history, running = st["step"], list(st["history"]), list(st["running"])
-        best_miou, best_step = st["best_miou"], st["best_step"]
-
+        run.resume(checkpoint)
     if world > 1:
-        _same_on_all_ranks(start, "the step to resume from")
-    stain_normalizer = None
-    if cfg.data.stain_norm != "none":
-        from .stain import fit_normalizer
-
-        stain_normalizer = fit_normalizer(cfg.data.stain_norm, io.read_image(cfg.data.stain_reference)).transform
-    augment = Augment(cfg.data.flips, cfg.data.rot90, cfg.data.stain_jitter, cfg.data.color_jitter, cfg.run.seed)
-    common = dict(scheme=scheme, cache=cache, patch_size=patch_size, normalize=(mean, std),
-                  stain_normalizer=stain_normalizer)
-    train_ds = PatchDataset(train_df, mode=mode, augment=augment, label_source=pseudo, **common)
-    sampler = StepSampler(
-        len(train_ds), B, cfg.run.seed, start, total, rank=rank, world=world,
-        weights=balanced_weights(train_df, scheme, "weak" if grid else mode) if cfg.data.balanced else None,
-    )
-    loader_kw = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
-                     generator=torch.Generator().manual_seed(cfg.run.seed),
-                     worker_init_fn=_ignore_interrupts if cfg.data.workers else None)
-    loader = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
-    val_loader = None
-    if not val_df.empty:  # every process scores every world-th val patch
-        val_ds = PatchDataset(val_df.iloc[rank::world], mode="full", **common)
-        val_loader = DataLoader(val_ds, batch_size=max(B // world, 1), shuffle=False, **loader_kw)
-
-    net: nn.Module = _Net(model, maps=weak)
+        _same_on_all_ranks(run.step, "the step to resume from")
+    start = run.step
+    loader, val_loader = _loaders(cfg, sup, ctx, preprocessing, start, total, rank, world, device)
+    net: nn.Module = _Net(model, sup.output)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def state_dict(step: int) -> dict:
-        return {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": _rng_state(), "step": step, "history": history, "running": running,
-            "best_miou": best_miou, "best_step": best_step,
-        }
-
-    def save_last(step: int) -> None:  # called by every process at the same steps
-        state = state_dict(step)
-        if world > 1:
-            state["rng_ranks"] = [None] * world
-            dist.all_gather_object(state["rng_ranks"], state["rng"])
-        if rank == 0:
-            save_checkpoint(last_path, model=model, config=config, scheme=scheme, mpp=mpp, patch_size=patch_size,
-                            state=state)
-
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=quiet or rank != 0 or None,
                file=sys.stderr, dynamic_ncols=True)
-    step, t_log, seen = start, time.perf_counter(), 0
-    interrupted = False
+    t_log, seen, interrupted = time.perf_counter(), 0, False
+    B = cfg.run.batch_size
     with _deferred_interrupts() as caught, _deterministic(device.type == "cpu"):
         try:
             for batch in loader:
-                train_mode(net, cfg.model.freeze_bn)
-                x, targets = _batch(batch, device, cfg.run.channels_last)
-                with autocast:
-                    out_ = net(x)
-                parts = _loss_parts(loss_fn, out_, targets, weak)
-                # one all-reduce: the global batch's loss sum and count, and whether any process was stopped
-                sums = torch.stack([parts.total.detach().double(), parts.count.detach().double(),
-                                    torch.tensor(float(bool(caught)), dtype=torch.float64, device=device)])
-                if world > 1:
-                    dist.all_reduce(sums)
-                count = torch.where(sums[1] > 0, sums[1], 1.0)
-                # DDP averages the gradients over the processes: scaling by world gives the global mean's
-                loss = parts.total / count.to(parts.total) * world if world > 1 else parts.mean
-                stop = bool(sums[2] > 0)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                step += 1
-                running[0] += float(sums[0] / count) if world > 1 else float(parts.mean.detach())
-                running[1] += 1
+                lr, stop = _step(run, net, sup, batch, device, bool(caught))
                 seen += B
                 bar.update()
-                validate = step % cfg.run.val_every == 0 or step == total
-                if step % cfg.run.log_every == 0 or validate:
-                    elapsed = time.perf_counter() - t_log
-                    row = {"step": step, "epoch": step * B / len(train_ds), "train_loss": running[0] / running[1],
-                           "lr": lr, "val_miou": np.nan, "val_loss": np.nan,
-                           **{f"iou_{n}": np.nan for n in scheme.names}, "patches_per_s": seen / elapsed}
+                validate = run.step % cfg.run.val_every == 0 or run.step == total
+                if run.step % cfg.run.log_every == 0 or validate:
+                    row = {"step": run.step, "epoch": run.step * B / len(train_df),
+                           "train_loss": run.running[0] / run.running[1], "lr": lr, "val_miou": np.nan,
+                           "val_loss": np.nan, **{f"iou_{n}": np.nan for n in scheme.names},
+                           "patches_per_s": seen / (time.perf_counter() - t_log)}
                     bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:.2e}", pps=f"{row['patches_per_s']:.1f}")
-                    running, seen = [0.0, 0], 0
-                    if validate and val_loader is not None:
-                        cm, val_loss = evaluate(model, val_loader, num_classes, device, loss_fn=loss_fn, weak=weak,
-                                                channels_last=cfg.run.channels_last, autocast=autocast,
-                                                reduce=world > 1)
-                        sc = scores(cm, scheme.names)
-                        row.update(val_miou=sc["miou"], val_loss=val_loss,
-                                   **{f"iou_{n}": sc["per_class"][n]["iou"] for n in scheme.names})
-                        if sc["miou"] > best_miou:
-                            best_miou, best_step = float(sc["miou"]), step
-                            if rank == 0:
-                                save_checkpoint(best_path, model=model, config=config, scheme=scheme, mpp=mpp,
-                                                patch_size=patch_size)
-                    elif validate:  # nothing to validate on: best.pt is the latest model
-                        best_step = step
-                        if rank == 0:
-                            save_checkpoint(best_path, model=model, config=config, scheme=scheme, mpp=mpp,
-                                            patch_size=patch_size)
-                    history.append(row)
-                    if rank == 0:
-                        frame = pd.DataFrame(history)
-                        with io.atomic_path(out / "metrics.csv") as tmp:
-                            frame.to_csv(tmp, index=False)
-                        if validate:
-                            plot_curves(frame, out / "curves.png")
+                    run.running, seen = [0.0, 0], 0
+                    if validate:
+                        row.update(_validate(run, sup, val_loader, scheme, device, world))
+                    run.log(row, validate)
                     t_log = time.perf_counter()
-                if step % cfg.run.checkpoint_every == 0 or step == total:
-                    save_last(step)
+                if run.step % cfg.run.checkpoint_every == 0 or run.step == total or stop:
+                    run.save_last()
                 if stop:
-                    save_last(step)
                     interrupted = True
                     break
         finally:
             bar.close()
     if interrupted:
-        raise KeyboardInterrupt(f"stopped at step {step}; rerun to resume from {last_path}")
+        raise KeyboardInterrupt(f"stopped at step {run.step}; rerun to resume from {out / 'last.pt'}")
     if world > 1:
         dist.barrier()
-    return TrainResult(out, best_path if best_path.is_file() else None, last_path, pd.DataFrame(history),
-                       best_miou, best_step, step, start, scheme.names)
+    best = out / "best.pt"
+    return TrainResult(out, best if best.is_file() else None, out / "last.pt", pd.DataFrame(run.history),
+                       run.best_miou, run.best_step, run.step, start, scheme.names)
+
+
+def _step(run: _Run, net: nn.Module, sup: Supervision, batch: dict, device: torch.device,
+          interrupted: bool) -> tuple[float, bool]:
+    """One optimiser step on the global batch; ``(learning rate used, whether any process was stopped)``."""
+    train_mode(net, run.cfg.model.freeze_bn)
+    x, targets = _batch(batch, device, run.cfg.run.channels_last)
+    with run.autocast:
+        output = net(x)
+    parts = sup.loss(output, targets)
+    # one all-reduce: the global batch's loss sum and count, and whether any process was stopped
+    sums = torch.stack([parts.total.detach().double(), parts.count.detach().double(),
+                        torch.tensor(float(interrupted), dtype=torch.float64, device=device)])
+    if run.world > 1:
+        dist.all_reduce(sums)
+    count = torch.where(sums[1] > 0, sums[1], 1.0)
+    # DDP averages the gradients over the processes: scaling by world gives the global mean's
+    loss = parts.total / count.to(parts.total) * run.world if run.world > 1 else parts.mean
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    run.step += 1
+    run.running[0] += float(sums[0] / count) if run.world > 1 else float(parts.mean.detach())
+    run.running[1] += 1
+    return lr, bool(sums[2] > 0)
+
+
+def _validate(run: _Run, sup: Supervision, loader: DataLoader | None, scheme: ClassScheme, device: torch.device,
+              world: int) -> dict:
+    """Score the val split (keeping ``best.pt``); the metrics row's val columns."""
+    if loader is None:  # nothing to validate on: best.pt is the latest model
+        run.keep_if_best(None)
+        return {}
+    cm, val_loss = evaluate(run.model, loader, scheme.num_classes, device, supervision=sup,
+                            channels_last=run.cfg.run.channels_last, autocast=run.autocast, reduce=world > 1)
+    sc = scores(cm, scheme.names)
+    run.keep_if_best(sc["miou"])
+    return {"val_miou": sc["miou"], "val_loss": val_loss,
+            **{f"iou_{n}": sc["per_class"][n]["iou"] for n in scheme.names}}

@@ -1,22 +1,26 @@
-"""Published weak-label layouts, read as distributed.
+"""Published patch-label datasets, read as distributed, into a manifest.
 
-- ``bcss-wsss`` (BCSS-WSSS, Han et al. 2022): training patches
+- ``bcss-wsss`` (BCSS-WSSS, Han et al. 2022): ``training/`` patches
   ``<BCSS ROI name>+<index>[abcd].png`` where a b c d are 0/1 flags for tumour, stroma,
-  lymphocytic infiltrate, necrosis; val/test folders ``img/`` + ``mask/`` with palette
+  lymphocytic infiltrate, necrosis; ``val/`` and ``test/`` with ``img/`` + ``mask/``, palette
   masks (index 0..3 the classes, 4 white background -> ignored). Slide id: the part of
-  the name before ``_xmin``.
+  the name before ``_xmin``; 0.25 µm/px (in the names).
 - ``luad-histoseg`` (LUAD-HistoSeg, same authors): ``patient-x-y-[a b c d].png``
   (space-separated flags in the order TE, NEC, LYM, TAS); val/test ``img/`` + ``mask/``
-  with masks 0..3 the classes, 4 background. Slide id: the patient.
+  with masks 0..3 the classes, 4 background. Slide id: the patient. Its names carry no
+  resolution: give it.
 
-:func:`read_weak_folder` gives a table in the tile-manifest style (``image_path``,
-``image_id``, ``slide_id``, ``label_<class>`` uint8) so a training Dataset can use it
-like a manifest; for an ``img/`` + ``mask/`` folder the labels are the classes present in
-each mask and a ``mask_path`` column is added.
+:func:`read_weak_folder` reads one folder; :func:`read_weak_dataset` the whole dataset
+into the rows of a ``tile`` manifest (one patch per file: ``x = y = 0``, ``size`` its
+side; ``split`` train / val / test from the folders; ``label_<class>`` from the names,
+or from the masks in val/test, which also give ``mask_path`` and ``frac_<class>``), and
+:func:`write_weak_manifest` writes it where ``tissueseg train`` reads it
+(``tissueseg tile --layout bcss-wsss BCSS-WSSS/ --out tiles-wsss``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -25,27 +29,36 @@ import numpy as np
 import pandas as pd
 
 from . import io
-from .schemes import IGNORE, ClassDef, ClassScheme, bcss_wsss4
+from .schemes import ClassDef, ClassScheme, WSSS4_COLORS
+from .splits import parse_bcss_name
 
 Layout = Literal["bcss-wsss", "luad-histoseg"]
+LAYOUTS: tuple[str, ...] = ("bcss-wsss", "luad-histoseg")
 MASK_BACKGROUND = 4
 """Mask index of white background / exclude in both layouts (ignored)."""
+SPLIT_FOLDERS = {"train": "training", "val": "val", "test": "test"}
+"""Split -> folder of a published dataset (val/test hold ``img/`` and ``mask/``)."""
+
+
+def _index_scheme(name: str, classes: tuple[tuple[str, tuple[int, int, int]], ...]) -> ClassScheme:
+    return ClassScheme(name, tuple(ClassDef(n, c, (i,)) for i, (n, c) in enumerate(classes)),
+                       ignore_codes=(MASK_BACKGROUND,), ignore_name="background", ignore_color=(255, 255, 255))
+
+
+def bcss_wsss_masks() -> ClassScheme:
+    """The BCSS-WSSS classes (those of ``bcss-wsss4``) on its mask indices 0..3; 4 (background) ignored."""
+    return _index_scheme("bcss-wsss-masks", tuple(WSSS4_COLORS.items()))
 
 
 def luad_histoseg4() -> ClassScheme:
     """LUAD-HistoSeg classes; codes are the mask indices 0..3, background (4) ignored."""
-    classes = (
-        ClassDef("tumor_epithelium", (205, 51, 51), (0,)),
-        ClassDef("necrosis", (0, 255, 0), (1,)),
-        ClassDef("lymphocyte", (65, 105, 225), (2,)),
-        ClassDef("tumor_associated_stroma", (255, 165, 0), (3,)),
-    )
-    return ClassScheme("luad-histoseg4", classes, ignore_codes=(MASK_BACKGROUND,), ignore_name="background",
-                       ignore_color=(255, 255, 255))
+    return _index_scheme("luad-histoseg4", (
+        ("tumor_epithelium", (205, 51, 51)), ("necrosis", (0, 255, 0)), ("lymphocyte", (65, 105, 225)),
+        ("tumor_associated_stroma", (255, 165, 0))))
 
 
-WEAK_SCHEMES: dict[str, ClassScheme] = {"bcss-wsss": bcss_wsss4(), "luad-histoseg": luad_histoseg4()}
-"""The class scheme of each layout (class order = flag order = mask index order)."""
+WEAK_SCHEMES: dict[str, ClassScheme] = {"bcss-wsss": bcss_wsss_masks(), "luad-histoseg": luad_histoseg4()}
+"""The class scheme of each layout on its mask indices (class order = flag order = mask index)."""
 
 _LUAD_NAME = re.compile(r"^(?P<patient>.+)-(?P<x>\d+)-(?P<y>\d+)-\[(?P<flags>[01](?: [01]){3})\]$")
 
@@ -81,14 +94,11 @@ def parse_name(path: str | Path, layout: Layout) -> tuple[str, np.ndarray | None
 
 def read_weak_mask(path: str | Path, layout: Layout) -> np.ndarray:
     """A val/test mask as class indices uint8: 0..3 kept, background 4 -> 255 (ignore)."""
-    _check_layout(layout)
-    mask = io.read_mask(path)
-    if mask.size and mask.max() > MASK_BACKGROUND:
-        bad = np.unique(mask[mask > MASK_BACKGROUND])
-        raise io.InputError(path, f"mask values {bad.tolist()[:5]} outside 0..{MASK_BACKGROUND}")
-    out = mask.copy()
-    out[mask == MASK_BACKGROUND] = IGNORE
-    return out
+    scheme = _check_layout(layout)
+    try:
+        return scheme.apply(io.read_mask(path))
+    except ValueError as exc:
+        raise io.InputError(path, f"mask {exc} (expected 0..{MASK_BACKGROUND})") from None
 
 
 def _images(folder: Path) -> list[Path]:
@@ -96,11 +106,9 @@ def _images(folder: Path) -> list[Path]:
 
 
 def read_weak_folder(path: str | Path, layout: Layout) -> pd.DataFrame:
-    """A manifest-style table of one folder of a weak-label dataset (see module docstring).
-
-    ``path`` is a folder of labelled patches (training split) or a folder holding
-    ``img/`` and ``mask/`` (val/test split; labels from the mask contents).
-    """
+    """One folder of a weak-label dataset: ``image_path``, ``image_id``, ``slide_id``,
+    ``label_<class>`` (uint8), and for an ``img/`` + ``mask/`` folder (val/test) ``mask_path``
+    with the labels taken from the mask contents."""
     scheme = _check_layout(layout)
     folder = Path(path)
     if not folder.is_dir():
@@ -128,3 +136,97 @@ def read_weak_folder(path: str | Path, layout: Layout) -> pd.DataFrame:
     for n in names:
         table[f"label_{n}"] = table[f"label_{n}"].astype(np.uint8)
     return table
+
+
+def _patch_geometry(table: pd.DataFrame, layout: Layout, mpp: float | None) -> pd.DataFrame:
+    """``width``, ``height``, ``x``, ``y``, ``size`` (the side: patches are square), ``mpp``,
+    ``patient_id``, ``site`` of every patch (headers only)."""
+    from .slide import image_mpp
+
+    sizes = [io.image_size(p) for p in table["image_path"]]
+    for path, (w, h) in zip(table["image_path"], sizes):
+        if w != h:
+            raise io.InputError(path, f"patch is {w}x{h}, not square")
+    out = table.copy()
+    out["width"] = out["height"] = out["size"] = np.array([w for w, _ in sizes], np.int32)
+    out["x"] = out["y"] = np.zeros(len(out), np.int32)
+    if mpp is None:
+        found = [image_mpp(p) for p in out["image_path"]]
+        missing = [p for p, m in zip(out["image_path"], found) if m is None]
+        if missing:
+            raise io.InputError(missing[0], f"its µm/px is in neither its name nor its metadata ({len(missing)} "
+                                            f"such {layout} patches): give it (--mpp)")
+        out["mpp"] = np.array(found, np.float64)
+    else:
+        out["mpp"] = float(mpp)
+    info = [parse_bcss_name(str(s)) for s in out["slide_id"]]
+    out["patient_id"] = [i["patient_id"] or s for i, s in zip(info, out["slide_id"])]
+    out["site"] = [i["site"] for i in info]
+    return out
+
+
+def _mask_fractions(table: pd.DataFrame, layout: Layout) -> pd.DataFrame:
+    """``roi_fraction`` and ``frac_<class>`` of the patches with a mask (NaN for the others)."""
+    scheme = WEAK_SCHEMES[layout]
+    k = scheme.num_classes
+    fractions = np.full((len(table), k + 1), np.nan, np.float32)
+    for i, path in enumerate(table.get("mask_path", pd.Series([None] * len(table)))):
+        if isinstance(path, str):
+            mask = read_weak_mask(path, layout)
+            counts = np.bincount(mask.ravel(), minlength=256).astype(np.float64)
+            fractions[i, :k] = counts[:k] / mask.size
+            fractions[i, k] = counts[:k].sum() / mask.size
+    out = table.copy()
+    out["roi_fraction"] = fractions[:, k]
+    for j, name in enumerate(scheme.names):
+        out[f"frac_{name}"] = fractions[:, j]
+    return out
+
+
+def read_weak_dataset(root: str | Path, layout: Layout, mpp: float | None = None) -> pd.DataFrame:
+    """Every patch of a published weak-label dataset as manifest rows (see the module docstring).
+
+    ``root`` holds ``training/`` and optionally ``val/`` and ``test/``. ``mpp`` (µm/px) is
+    required when the names and files do not say it (LUAD-HistoSeg).
+    """
+    root = Path(root)
+    scheme = _check_layout(layout)
+    if not (root / SPLIT_FOLDERS["train"]).is_dir():
+        raise io.InputError(root, f"expected the {layout} folders training/ (and val/, test/)")
+    parts = []
+    for split, folder in SPLIT_FOLDERS.items():
+        if (root / folder).is_dir():
+            part = read_weak_folder(root / folder, layout)
+            part["split"] = split
+            parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    table = _mask_fractions(_patch_geometry(table, layout, mpp), layout)
+    table["n_labels"] = table[[f"label_{n}" for n in scheme.names]].sum(axis=1).astype(np.int16)
+    order = ["image_id", "slide_id", "patient_id", "site", "image_path", "mask_path", "mpp", "width", "height",
+             "x", "y", "size", "roi_fraction"]
+    order = [c for c in order if c in table.columns]
+    return table[order + [c for c in table.columns if c not in order]]
+
+
+def write_weak_manifest(root: str | Path, layout: Layout, out: str | Path, mpp: float | None = None,
+                        overwrite: bool = False) -> Path:
+    """Write :func:`read_weak_dataset`'s rows as ``out/manifest.{parquet,csv,json}`` (the scheme
+    is the layout's, on its mask indices; reading is headers and val/test masks only, so it is
+    redone on every call). A manifest made from another folder or with other parameters is
+    refused without ``overwrite``. Returns the manifest path."""
+    from .manifest import write_manifest
+
+    out = io.check_output_dir(out)
+    scheme = _check_layout(layout)
+    params = {"layout": layout, "root": str(Path(root).resolve()), "mpp": mpp, "scheme": scheme.to_dict(),
+              "size": None, "stride": None}
+    meta = out / "manifest.json"
+    if meta.is_file() and not overwrite:
+        previous = json.loads(meta.read_text())["params"]
+        if previous != json.loads(json.dumps(params)):
+            raise ValueError(f"{meta}: made from another folder or with other parameters; use --overwrite "
+                             "or another --out")
+    table = read_weak_dataset(root, layout, mpp)
+    sizes = table["size"].unique()
+    params["size"] = params["stride"] = int(sizes[0]) if len(sizes) == 1 else None
+    return write_manifest(table, out, params)

@@ -22,9 +22,11 @@ def out_option(required: bool = True, default: str | None = None) -> Callable[[F
     )
 
 
-def scheme_option(default: str = "bcss22") -> Callable[[F], F]:
+def scheme_option() -> Callable[[F], F]:
+    from ..schemes import DEFAULT_SCHEME
+
     return click.option(
-        "--scheme", default=default, show_default=True, metavar="NAME|FILE",
+        "--scheme", default=DEFAULT_SCHEME, show_default=True, metavar="NAME|FILE",
         help="Class scheme: bcss22, bcss5, bcss-wsss4, or a YAML/JSON merge map.",
     )
 

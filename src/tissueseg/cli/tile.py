@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from . import common
+from .common import F
+
+
+def _option(flag: str, field: str, **kwargs: object) -> Callable[[F], F]:
+    """An option whose default and help are :class:`~tissueseg.manifest.TileParams`' (one place for both)."""
+    from ..manifest import TileParams
+
+    info = TileParams.model_fields[field]
+    return click.option(flag, field, default=info.default, show_default=True, help=info.description, **kwargs)
 
 
 @click.command("tile")
@@ -18,40 +28,45 @@ from . import common
 @click.option("--image-suffix", default="", help="Stem suffix to drop from image names before pairing.")
 @click.option("--mask-suffix", default="", help="Stem suffix to drop from mask names before pairing (e.g. _mask).")
 @common.out_option()
-@click.option("--size", type=click.IntRange(min=1), default=256, show_default=True, help="Patch side in pixels.")
-@click.option("--stride", type=click.IntRange(min=1), default=128, show_default=True, help="Step between patches.")
-@click.option("--edge", type=click.Choice(["shift", "drop", "pad"]), default="shift", show_default=True,
-              help="Border: shift the last patch inside, drop partial patches, or pad past the border.")
-@click.option("--min-roi", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Keep a patch when at least this fraction of it is not ignored.")
-@click.option("--label-threshold", type=click.FloatRange(0, 1), default=0.05, show_default=True,
-              help="Image label: class covers at least this fraction of the patch's ROI pixels.")
-@click.option("--split", type=click.Choice(["slide", "bcss-sites", "none"]), default="slide", show_default=True,
-              help="Train/val/test by slide, BCSS test sites (OL LL E2 EW GM S3), or all train.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
-              help="Fraction of slides for validation.")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Fraction of slides for test (split slide; bcss-sites takes the test sites).")
-@click.option("--patches", is_flag=True, help="Also write patch PNGs to OUT/patches/{images,masks,palette}.")
+@_option("--size", "size", type=click.IntRange(min=1))
+@_option("--stride", "stride", type=click.IntRange(min=1))
+@_option("--edge", "edge", type=click.Choice(["shift", "drop", "pad"]))
+@_option("--min-roi", "min_roi", type=click.FloatRange(0, 1))
+@_option("--label-threshold", "label_threshold", type=click.FloatRange(0, 1))
+@_option("--split", "split", type=click.Choice(["slide", "bcss-sites", "none"]))
+@_option("--val-fraction", "val_fraction", type=click.FloatRange(0, 1, max_open=True))
+@_option("--test-fraction", "test_fraction", type=click.FloatRange(0, 1, max_open=True))
+@_option("--mpp", "mpp", type=click.FloatRange(min=0, min_open=True))
+@_option("--patches", "patches", is_flag=True)
+@click.option("--layout", type=click.Choice(["bcss-wsss", "luad-histoseg"]), default=None,
+              help="DATASET_DIR is a published patch-label dataset as downloaded (training/ with labels in the "
+                   "file names, val/ and test/ with img/ + mask/): read it into a manifest, one row per patch.")
 @common.scheme_option()
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@_option("--seed", "seed", type=int)
 @common.batch_options
 def command(datasets: tuple[Path, ...], images: Path | None, masks: Path | None, image_suffix: str,
             mask_suffix: str, out: Path, size: int, stride: int, edge: str, min_roi: float, label_threshold: float,
-            split: str, val_fraction: float, test_fraction: float, patches: bool, scheme: str, seed: int,
-            workers: int,
-            scheduler: str | None, as_json: bool, overwrite: bool, quiet: bool) -> None:
+            split: str, val_fraction: float, test_fraction: float, mpp: float | None, patches: bool,
+            layout: str | None, scheme: str, seed: int, workers: int, scheduler: str | None, as_json: bool,
+            overwrite: bool, quiet: bool) -> None:
     """Tile regions and masks paired by file stem into OUT/manifest.{parquet,csv,json}.
 
     Each DATASET_DIR is a BCSS-style folder with rgbs_colorNormalized/ (or images/) and masks/;
-    or give --images and --masks. A rerun resumes: finished images are skipped.
+    or give --images and --masks. A rerun resumes: finished images are skipped. With --layout,
+    DATASET_DIR is a published patch-label dataset (BCSS-WSSS, LUAD-HistoSeg) as downloaded:
+    its patches become the manifest's rows (splits from its folders, the layout's classes).
 
     \b
-    Example:
+    Examples:
       tissueseg tile data/bcss --out tiles/ --size 512 --stride 256 --split bcss-sites -j 2
+      tissueseg tile BCSS-WSSS/ --layout bcss-wsss --out tiles-wsss/
     """
     from ..manifest import find_dataset, pair_files, tile_dataset
     from ..schemes import load_scheme
+
+    if layout is not None:
+        _read_layout(datasets, layout, out, mpp, overwrite, as_json)
+        return
 
     folders = [find_dataset(d) for d in datasets]
     if images is not None or masks is not None:
@@ -68,7 +83,8 @@ def command(datasets: tuple[Path, ...], images: Path | None, masks: Path | None,
         unmatched += [(str(f), "mask without image") for f in lone_masks]
     result = tile_dataset(pairs, out, load_scheme(scheme), size=size, stride=stride, edge=edge, min_roi=min_roi,
                           label_threshold=label_threshold, split=split, val_fraction=val_fraction,
-                          test_fraction=test_fraction, seed=seed, patches=patches, workers=workers, scheduler=scheduler, overwrite=overwrite, quiet=quiet)
+                          test_fraction=test_fraction, seed=seed, patches=patches, mpp=mpp, workers=workers,
+                          scheduler=scheduler, overwrite=overwrite, quiet=quiet)
     summary = result.to_dict() | {"unmatched": [{"file": f, "problem": p} for f, p in unmatched]}
     lines = [f"{result.images} images tiled ({result.resumed} from an earlier run), {result.patches} patches"
              + "".join(f", {n} {s}" for s, n in result.splits.items())]
@@ -78,3 +94,18 @@ def command(datasets: tuple[Path, ...], images: Path | None, masks: Path | None,
     common.emit(summary, as_json, "\n".join(lines))
     if result.manifest is None:
         sys.exit(1)
+
+
+def _read_layout(datasets: tuple[Path, ...], layout: str, out: Path, mpp: float | None, overwrite: bool,
+                 as_json: bool) -> None:
+    from ..manifest import load_manifest
+    from ..weaklabels import write_weak_manifest
+
+    if len(datasets) != 1:
+        raise ValueError(f"--layout {layout} reads one dataset folder (training/, val/, test/)")
+    path = write_weak_manifest(datasets[0], layout, out, mpp=mpp, overwrite=overwrite)
+    _, meta = load_manifest(path)
+    counts = meta["counts"]
+    common.emit({"out": str(out), "manifest": str(path), **counts}, as_json,
+                f"{counts['patches']} {layout} patches" + "".join(f", {n} {s}" for s, n in counts["splits"].items())
+                + f"\nmanifest: {path}")

@@ -5,21 +5,40 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import click
 
+from ..config import METHODS, MIL_LOSSES
 from . import common
+
+
+def _help() -> str:
+    methods = "\n".join(textwrap.fill(labels, 88, initial_indent=f"  {name:<11} ", subsequent_indent=" " * 14)
+                        for name, labels in METHODS.items())
+    return f"""Train a segmenter from pixel masks or from image-level labels only.
+
+Writes OUT/best.pt (best val mIoU), OUT/last.pt (resume point), OUT/metrics.csv,
+OUT/curves.png and OUT/config.yaml (and OUT/pseudo-masks/ for methods that make them).
+
+\b
+Methods (--method, or `method:` in the config) and the labels each needs:
+{methods}
+
+See docs/weak-supervision.md for how the weak methods compare."""
 
 
 @click.command(
     "train",
+    help=_help(),
     epilog="""\b
 Examples:
   tissueseg train configs/full.yaml --manifest tiles/ --out runs/full
   tissueseg tile data/ --out tiles-32 --size 32 --stride 32 --edge pad
-  tissueseg train configs/weak.yaml --manifest tiles-32/ --out runs/weak --steps 2000
-  tissueseg train configs/mil.yaml --manifest tiles/ --out runs/mil --loss sigmoid-max
+  tissueseg train configs/label-grid.yaml --manifest tiles-32/ --out runs/grid --steps 2000
+  tissueseg tile data/ --out tiles-256 --size 256 --stride 256 --edge pad
+  tissueseg train configs/mil.yaml --manifest tiles-256/ --out runs/mil --loss sigmoid-max
   tissueseg train --manifest tiles/ --out runs/quick --set run.batch_size=4 --set model.weights=none
 
 An --out folder that holds last.pt resumes that run (same config) unless --overwrite.""",
@@ -29,10 +48,10 @@ An --out folder that holds last.pt resumes that run (same config) unless --overw
               help="Override a config field (dotted key, YAML value), e.g. run.steps=50. Repeatable.")
 @click.option("--manifest", type=click.Path(path_type=Path), help="Tiling output (folder or manifest.parquet).")
 @common.out_option(required=False)
+@click.option("--method", type=click.Choice(list(METHODS)), help="What supervises training (method).")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimiser steps (run.steps).")
-@click.option("--loss", type=click.Choice(["ce", "label-grid", "mil-max", "sigmoid-max", "lse", "topk"]),
-              help="ce trains from masks; label-grid (the default weak method) from the image labels of small "
-                   "patches; the MIL losses from the image labels of whole patches.")
+@click.option("--loss", type=click.Choice(["ce", *MIL_LOSSES]),
+              help="loss.name: ce, or a MIL loss for method mil.")
 @click.option("--weights", type=click.Choice(["imagenet", "none"]), help="Encoder initialisation (model.weights).")
 @click.option("--scheme", default=None, metavar="NAME|FILE", help="Class scheme (default: the manifest's).")
 @click.option("--workers", "-j", type=click.IntRange(min=0), default=None,
@@ -41,23 +60,14 @@ An --out folder that holds last.pt resumes that run (same config) unless --overw
 @common.json_option
 @common.quiet_option
 @common.guard
-def command(config: Path | None, sets: tuple[str, ...], manifest: Path | None, out: Path | None, steps: int | None,
-            loss: str | None, weights: str | None, scheme: str | None, workers: int | None, overwrite: bool,
-            as_json: bool, quiet: bool) -> None:
-    """Train DeepLabv3+ from pixel masks (loss ce) or from image-level labels only.
-
-    Writes OUT/best.pt (best val mIoU), OUT/last.pt (resume point), OUT/metrics.csv,
-    OUT/curves.png and OUT/config.yaml. From image labels: loss label-grid (the default
-    weak method, configs/weak.yaml) trains DeepLabv3+ on pseudo-masks made from the labels
-    of small patches (a manifest tiled with --size 32 --stride 32 --edge pad; previews in
-    OUT/pseudo-masks/); the MIL losses (configs/mil.yaml) train an FCN from the labels of
-    whole patches. See docs/weak-supervision.md.
-    """
+def command(config: Path | None, sets: tuple[str, ...], manifest: Path | None, out: Path | None, method: str | None,
+            steps: int | None, loss: str | None, weights: str | None, scheme: str | None, workers: int | None,
+            overwrite: bool, as_json: bool, quiet: bool) -> None:
     from ..config import load_config
     from ..train import train
 
     flags = {"data.manifest": manifest, "run.out": out, "data.scheme": scheme, "run.steps": steps,
-             "loss.name": loss, "model.weights": weights, "data.workers": workers}
+             "method": method, "loss.name": loss, "model.weights": weights, "data.workers": workers}
     # JSON-quoted so that any path or name stays a string when parsed as YAML
     overrides = list(sets) + [f"{k}={json.dumps(v if isinstance(v, int) else str(v))}"
                               for k, v in flags.items() if v is not None]

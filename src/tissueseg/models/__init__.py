@@ -16,7 +16,7 @@ from . import encoders
 from .deeplab import build_deeplab
 from .fcn import FCN, build_fcn
 
-__all__ = ["FCN", "ModelConfig", "build_model", "normalization"]
+__all__ = ["FCN", "ModelConfig", "build_model", "input_multiple", "normalization"]
 
 
 class ModelConfig(BaseModel):
@@ -67,3 +67,8 @@ def normalization(cfg: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...
         mean = (sum(mean) / len(mean),) * cfg.in_channels
         std = (sum(std) / len(std),) * cfg.in_channels
     return mean, std
+
+
+def input_multiple(cfg: ModelConfig) -> int:
+    """What the input's height and width must be a multiple of (DeepLabv3+: its output stride)."""
+    return (cfg.output_stride or 16) if cfg.arch == "deeplabv3plus" else 1
