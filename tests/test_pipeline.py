@@ -115,3 +115,21 @@ def test_run_reports_a_folder_without_pairs(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"out": "out", "data": {"root": "data"}}))
     res = CliRunner().invoke(main, ["run", str(tmp_path / "c.yaml"), "--quiet"])
     assert res.exit_code == 1 and res.output.startswith("error: ") and "folder holds no image files" in res.output
+
+
+def test_run_on_a_published_patch_label_dataset(bcss_wsss_dir, tmp_path, one_thread):
+    """``data.layout``: the real BCSS-WSSS sample as downloaded; a weak model trains on training/'s
+    labels and is scored on val/'s masks."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "out": "out", "data": {"root": str(bcss_wsss_dir), "layout": "bcss-wsss"}, "samples": 2,
+        "predict": {"split": "val", "max_regions": 3},
+        "train": {"mil": {"method": "mil", "loss": {"name": "lse"}, "model": {"arch": "fcn", "weights": "none"},
+                          "run": {"steps": 2, "batch_size": 2, "val_every": 2}}}}))
+    cfg = load_pipeline_config(tmp_path / "c.yaml")
+    assert cfg.scheme == "bcss-wsss-masks"
+    summary = run_pipeline(cfg, quiet=True, log=lambda m: None)
+    assert summary["patches"] == {"train": 238, "val": 14}
+    metrics = json.loads((tmp_path / "out" / "eval" / "mil" / "metrics.json").read_text())
+    assert metrics["pairs"] == 3 and metrics["names"] == ["tumor", "stroma", "lymphocytic_infiltrate", "necrosis"]
+    with pytest.raises(ValueError, match="method full cannot train on it"):
+        load_pipeline_config(tmp_path / "c.yaml", ["train.mil.method=full", "train.mil.loss.name=ce"])

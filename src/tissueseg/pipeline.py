@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,17 +37,23 @@ class _Section(BaseModel):
 
 
 class DataSection(_Section):
-    root: Path | None = Field(None, description="one BCSS-style folder: rgbs_colorNormalized/ (or images/) + masks/")
+    root: Path | None = Field(None, description="one BCSS-style folder: rgbs_colorNormalized/ (or images/) + "
+                                                "masks/; or, with layout, a published patch-label dataset")
     images: Path | None = None
     masks: Path | None = None
     image_suffix: str = ""
     mask_suffix: str = ""
     mpp: float | None = Field(None, gt=0, description="µm/px of the regions (default: each image's name or metadata)")
+    layout: Literal["bcss-wsss", "luad-histoseg"] | None = Field(
+        None, description="root is a published patch-label dataset as downloaded (training/, val/, test/): its "
+                          "patches are the tiles, its classes the scheme, only weak methods train on it")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
         if (self.root is None) == (self.images is None or self.masks is None):
             raise ValueError("give data.root, or data.images and data.masks")
+        if self.layout is not None and self.root is None:
+            raise ValueError(f"layout {self.layout} reads data.root")
         return self
 
 
@@ -113,7 +120,18 @@ class PipelineConfig(_Section):
         """Every model can train on the tiles it will get (checked before any stage runs)."""
         from .supervision import METHODS
 
+        if self.data.layout is not None:
+            from .weaklabels import WEAK_SCHEMES
+
+            layout_scheme = WEAK_SCHEMES[self.data.layout].name
+            if "scheme" in self.model_fields_set and self.scheme != layout_scheme:
+                raise ValueError(f"data.layout {self.data.layout} has its own classes (scheme {layout_scheme}): "
+                                 "leave scheme out")
+            self.scheme = layout_scheme
         for name, spec in self.train.items():
+            if self.data.layout is not None and spec.method in ("full", "label-grid"):
+                raise ValueError(f"train.{name}: a {self.data.layout} dataset has image labels of whole patches "
+                                 f"only; method {spec.method} cannot train on it")
             if spec.data.manifest is not None or spec.run.out != RunConfig().out:
                 raise ValueError(f"train.{name}: data.manifest and run.out are set by the pipeline")
             size = spec.data.patch_size or METHODS[spec.method].default_patch_size(spec.tiling(self.tile).size)
@@ -178,33 +196,51 @@ class _Ledger:
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = None) -> dict[str, Any]:
-    """Run every stage of ``cfg`` (skipping those that are up to date); return a summary dict."""
-    from .colorize import colorize_files
-    from .manifest import find_dataset, load_manifest, pair_files
-    from .stats import dataset_stats
+class _Stages:
+    """Runs the stages: skips those up to date (``pipeline.json``), logs, times, summarises."""
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    out = io.check_output_dir(cfg.out)
-    scheme = load_scheme(cfg.scheme)
-    ledger = _Ledger(out / "pipeline.json")
-    summary: dict[str, Any] = {"out": str(out), "stages": {}}
-    t_start = time.time()
+    def __init__(self, out: Path, log: Log):
+        self.ledger, self.log = _Ledger(out / "pipeline.json"), log
+        self.summary: dict[str, str] = {}
 
-    def stage(name: str, key: str, outputs: Sequence[Path], fn: Callable[[bool], Any]) -> bool:
+    def __call__(self, name: str, key: str, outputs: Sequence[Path], fn: Callable[[bool], Any]) -> bool:
         """Run ``fn(restart)`` unless up to date; ``restart`` is False when resuming the same stage."""
-        if ledger.fresh(name, key, outputs):
-            log(f"[{name}] up to date")
-            summary["stages"][name] = "up to date"
+        if self.ledger.fresh(name, key, outputs):
+            self.log(f"[{name}] up to date")
+            self.summary[name] = "up to date"
             return False
-        restart = ledger.start(name, key)
-        log(f"[{name}] {'running' if restart else 'resuming'}")
+        restart = self.ledger.start(name, key)
+        self.log(f"[{name}] {'running' if restart else 'resuming'}")
         t0 = time.time()
         fn(restart)
-        ledger.done(name, key)
-        summary["stages"][name] = f"done in {time.time() - t0:.0f} s"
+        self.ledger.done(name, key)
+        self.summary[name] = f"done in {time.time() - t0:.0f} s"
         return True
 
+
+@dataclass
+class _Source:
+    """What the pipeline reads: image/mask pairs (stats, colorize) and how to make the manifest."""
+
+    pairs: list[tuple[Path, Path]]
+    images_dir: Path
+    key: str
+    """Fingerprint of every input file (and the µm/px given)."""
+    layout: str | None = None
+
+
+def _source(cfg: PipelineConfig, log: Log) -> _Source:
+    from .manifest import find_dataset, pair_files
+
+    if cfg.data.layout is not None:
+        from .weaklabels import read_weak_dataset
+
+        table = read_weak_dataset(cfg.data.root, cfg.data.layout, cfg.data.mpp)
+        pairs = [(Path(i), Path(m)) for i, m in zip(table["image_path"], table["mask_path"]) if isinstance(m, str)]
+        if not pairs:
+            raise ValueError(f"{cfg.data.root}: no val/ or test/ patches with masks to evaluate on")
+        files = [Path(f) for f in table["image_path"]] + [m for _, m in pairs]
+        return _Source(pairs, pairs[0][0].parent, _key(_fingerprint(files), cfg.data.mpp), cfg.data.layout)
     if cfg.data.root is not None:
         images_dir, masks_dir = find_dataset(cfg.data.root)
     else:
@@ -214,58 +250,70 @@ def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = 
         raise ValueError(f"{images_dir}: no image/mask pairs (matched by file stem) with {masks_dir}")
     for p in [*lone_images, *lone_masks]:
         log(f"unmatched (no partner with the same stem): {p}")
-    data_key = _key(_fingerprint([p for pair in pairs for p in pair]), cfg.data.mpp)
-    masks = [m for _, m in pairs]
+    return _Source(pairs, images_dir, _key(_fingerprint([p for pair in pairs for p in pair]), cfg.data.mpp))
 
-    # stats
+
+def run_pipeline(cfg: PipelineConfig, *, quiet: bool = False, log: Log | None = None) -> dict[str, Any]:
+    """Run every stage of ``cfg`` (skipping those that are up to date); return a summary dict."""
+    from .colorize import colorize_files
+    from .manifest import load_manifest
+    from .stats import dataset_stats
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out = io.check_output_dir(cfg.out)
+    scheme = load_scheme(cfg.scheme)
+    stage = _Stages(out, log)
+    t_start = time.time()
+    source = _source(cfg, log)
+    masks = [m for _, m in source.pairs]
+
     stats_dir = out / "stats"
-    stats_key = _key(data_key, scheme.to_dict())
+    stats_key = _key(source.key, scheme.to_dict())
     stage("stats", stats_key, [stats_dir / "stats.json"],
           lambda _: dataset_stats(masks, scheme, workers=cfg.workers, scheduler=cfg.scheduler, quiet=quiet)
           .write(stats_dir, overwrite=True))
 
-    # colorize a few regions (report samples)
-    color_dir = out / "colorize"
-    shown = pairs[: max(cfg.samples, 1)]
+    color_dir = out / "colorize"  # a few regions with their masks, for the report
+    shown = source.pairs[: max(cfg.samples, 1)]
 
     def _colorize(_: bool) -> None:
         shutil.rmtree(color_dir, ignore_errors=True)
-        colorize_files([m for _, m in shown], color_dir, scheme, images=images_dir, workers=cfg.workers,
+        colorize_files([m for _, m in shown], color_dir, scheme, images=source.images_dir, workers=cfg.workers,
                        quiet=quiet, overwrite=True)
 
     stage("colorize", _key(stats_key, [str(m) for _, m in shown]), [color_dir / "legend.png"], _colorize)
 
-    # tile
     tiles_dir = out / "tiles"
-    tile_key = _key(data_key, scheme.to_dict(), cfg.tile.model_dump())
+    tile_key = _key(source.key, scheme.to_dict(), source.layout or cfg.tile.model_dump())
     stage("tile", tile_key, [tiles_dir / "manifest.parquet"],
-          lambda restart: _tile(cfg, tiles_dir, scheme, cfg.tile, pairs=pairs, overwrite=restart, quiet=quiet))
+          lambda restart: _tile(cfg, tiles_dir, scheme, cfg.tile, pairs=source.pairs, overwrite=restart, quiet=quiet))
     manifest, _ = load_manifest(tiles_dir)
-    summary["patches"] = {str(k): int(v) for k, v in manifest["split"].value_counts().items()}
-
-    # held-out regions
-    held = manifest.loc[manifest["split"] == cfg.predict.split, ["image_path", "mask_path"]].drop_duplicates()
-    held = held.sort_values("image_path")
-    if cfg.predict.max_regions:
-        held = held.head(cfg.predict.max_regions)
-    if held.empty:
-        log(f"no regions in split {cfg.predict.split!r}: nothing to predict and evaluate")
-    held_images = [Path(p) for p in held["image_path"]]
-    held_masks = {Path(i).stem: Path(m) for i, m in zip(held["image_path"], held["mask_path"])}
-
-    models: dict[str, dict[str, Any]] = {}
-    for name, train_spec in cfg.train.items():
-        models[name] = _model_stages(name, train_spec, cfg, out, scheme, pairs, tile_key, tiles_dir, held_images,
-                                     held_masks, stage, quiet)
-    summary["models"] = {n: m["summary"] for n, m in models.items()}
+    held_images, held_masks = _held_out(cfg, manifest, log)
+    models = {name: _model_stages(name, spec, cfg, out, scheme, source.pairs, tile_key, tiles_dir, held_images,
+                                  held_masks, stage, quiet)
+              for name, spec in cfg.train.items()}
 
     from .pipeline_report import build_report
 
     report = build_report(cfg, out, scheme, shown, color_dir, stats_dir, tiles_dir, models)
-    summary["report"] = str(report)
-    summary["seconds"] = round(time.time() - t_start, 1)
+    summary = {"out": str(out), "stages": stage.summary,
+               "patches": {str(k): int(v) for k, v in manifest["split"].value_counts().items()},
+               "models": {n: m["summary"] for n, m in models.items()}, "report": str(report),
+               "seconds": round(time.time() - t_start, 1)}
     io.write_json(out / "summary.json", summary)
     return summary
+
+
+def _held_out(cfg: PipelineConfig, manifest: Any, log: Log) -> tuple[list[Path], dict[str, Path]]:
+    """The regions (with masks) of the predict split: ``(images, {stem: mask})``."""
+    held = manifest.loc[manifest["split"] == cfg.predict.split, ["image_path", "mask_path"]].drop_duplicates()
+    held = held[held["mask_path"].notna()].sort_values("image_path")
+    if cfg.predict.max_regions:
+        held = held.head(cfg.predict.max_regions)
+    if held.empty:
+        log(f"no regions with masks in split {cfg.predict.split!r}: nothing to predict and evaluate")
+    return [Path(p) for p in held["image_path"]], {Path(i).stem: Path(m) for i, m in zip(held["image_path"],
+                                                                                           held["mask_path"])}
 
 
 def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, scheme: Any, pairs: list,
@@ -278,7 +326,7 @@ def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, sc
 
     method = spec.method
     manifest = tiles_dir / "manifest.parquet"
-    tiling = spec.tiling(cfg.tile)
+    tiling = spec.tiling(cfg.tile) if cfg.data.layout is None else cfg.tile  # a published dataset: its patches
     if tiling != cfg.tile:  # weak methods learn from the labels of non-overlapping patches
         labelled_dir = out / f"tiles-{tiling.size}"
         tile_key = _key(tile_key, tiling.model_dump())
@@ -353,6 +401,12 @@ def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, sc
 
 def _tile(cfg: PipelineConfig, out: Path, scheme: Any, params: TileParams, *, pairs: list, overwrite: bool,
           quiet: bool) -> None:
+    """The manifest: the regions tiled with ``params``, or a published dataset's patches as they are."""
+    if cfg.data.layout is not None:
+        from .weaklabels import write_weak_manifest
+
+        write_weak_manifest(cfg.data.root, cfg.data.layout, out, mpp=cfg.data.mpp, overwrite=True)
+        return
     from .manifest import tile_dataset
 
     tile_dataset(pairs, out, scheme, params.model_copy(update={"mpp": params.mpp or cfg.data.mpp}),

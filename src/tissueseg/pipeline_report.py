@@ -19,6 +19,7 @@ from .schemes import ClassScheme
 
 def sample_patches(manifest: pd.DataFrame, scheme: ClassScheme, n: int, out: Path) -> list[tuple[Path, str]]:
     """Up to ``n`` patches, the purest one of each class first: image and palette mask side by side."""
+    manifest = manifest[manifest["mask_path"].notna()] if "mask_path" in manifest else manifest.iloc[:0]
     if n <= 0 or manifest.empty:
         return []
     picks: list[int] = []

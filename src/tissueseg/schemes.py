@@ -5,7 +5,8 @@ A scheme maps every raw code (0..255) of a label mask either to a class index
 to :data:`UNKNOWN`, so masks with unexpected values are caught, never silently merged.
 
 Built-in schemes: ``bcss22`` (the 21 BCSS tissue codes, code 0 ignored), ``bcss5`` (the
-BCSS evaluation grouping), ``bcss-wsss4`` (the BCSS-WSSS weak-label classes). User
+BCSS evaluation grouping), ``bcss-wsss4`` (the BCSS-WSSS weak-label classes on BCSS codes),
+and the published patch-label datasets' own masks: ``bcss-wsss-masks``, ``luad-histoseg4``. User
 schemes are YAML/JSON files, see :func:`load_scheme`.
 """
 
@@ -223,7 +224,30 @@ def bcss_wsss4() -> ClassScheme:
     )
 
 
-BUILTIN = {"bcss22": bcss22, "bcss5": bcss5, "bcss-wsss4": bcss_wsss4}
+MASK_BACKGROUND = 4
+"""Mask index of white background / exclude in the published BCSS-WSSS and LUAD-HistoSeg masks (ignored)."""
+
+
+def _index_scheme(name: str, classes: tuple[tuple[str, RGB], ...]) -> ClassScheme:
+    return ClassScheme(name, tuple(ClassDef(n, c, (i,)) for i, (n, c) in enumerate(classes)),
+                       ignore_codes=(MASK_BACKGROUND,), ignore_name="background", ignore_color=(255, 255, 255))
+
+
+def bcss_wsss_masks() -> ClassScheme:
+    """The BCSS-WSSS classes (those of ``bcss-wsss4``) on the published masks' indices 0..3;
+    4 (white background) ignored."""
+    return _index_scheme("bcss-wsss-masks", tuple(WSSS4_COLORS.items()))
+
+
+def luad_histoseg4() -> ClassScheme:
+    """LUAD-HistoSeg classes on its masks' indices 0..3 (flag order); 4 (background) ignored."""
+    return _index_scheme("luad-histoseg4", (
+        ("tumor_epithelium", (205, 51, 51)), ("necrosis", (0, 255, 0)), ("lymphocyte", (65, 105, 225)),
+        ("tumor_associated_stroma", (255, 165, 0))))
+
+
+BUILTIN = {"bcss22": bcss22, "bcss5": bcss5, "bcss-wsss4": bcss_wsss4, "bcss-wsss-masks": bcss_wsss_masks,
+           "luad-histoseg4": luad_histoseg4}
 DEFAULT_SCHEME = "bcss5"
 """The scheme every command, the Python API and the pipeline use when none is given."""
 

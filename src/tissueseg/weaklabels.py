@@ -29,32 +29,13 @@ import numpy as np
 import pandas as pd
 
 from . import io
-from .schemes import ClassDef, ClassScheme, WSSS4_COLORS
+from .schemes import MASK_BACKGROUND, ClassScheme, bcss_wsss_masks, luad_histoseg4
 from .splits import parse_bcss_name
 
 Layout = Literal["bcss-wsss", "luad-histoseg"]
 LAYOUTS: tuple[str, ...] = ("bcss-wsss", "luad-histoseg")
-MASK_BACKGROUND = 4
-"""Mask index of white background / exclude in both layouts (ignored)."""
 SPLIT_FOLDERS = {"train": "training", "val": "val", "test": "test"}
 """Split -> folder of a published dataset (val/test hold ``img/`` and ``mask/``)."""
-
-
-def _index_scheme(name: str, classes: tuple[tuple[str, tuple[int, int, int]], ...]) -> ClassScheme:
-    return ClassScheme(name, tuple(ClassDef(n, c, (i,)) for i, (n, c) in enumerate(classes)),
-                       ignore_codes=(MASK_BACKGROUND,), ignore_name="background", ignore_color=(255, 255, 255))
-
-
-def bcss_wsss_masks() -> ClassScheme:
-    """The BCSS-WSSS classes (those of ``bcss-wsss4``) on its mask indices 0..3; 4 (background) ignored."""
-    return _index_scheme("bcss-wsss-masks", tuple(WSSS4_COLORS.items()))
-
-
-def luad_histoseg4() -> ClassScheme:
-    """LUAD-HistoSeg classes; codes are the mask indices 0..3, background (4) ignored."""
-    return _index_scheme("luad-histoseg4", (
-        ("tumor_epithelium", (205, 51, 51)), ("necrosis", (0, 255, 0)), ("lymphocyte", (65, 105, 225)),
-        ("tumor_associated_stroma", (255, 165, 0))))
 
 
 WEAK_SCHEMES: dict[str, ClassScheme] = {"bcss-wsss": bcss_wsss_masks(), "luad-histoseg": luad_histoseg4()}
