@@ -10,7 +10,6 @@ the change affects, and a killed run resumes (the stages themselves resume too).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -24,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import io
+from .fingerprint import file_stamps as _fingerprint, key as _key
 from .schemes import load_scheme
 
 Log = Callable[[str], None]
@@ -101,18 +101,6 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
 
 
 # ----------------------------------------------------------------------------- stage bookkeeping
-
-
-def _fingerprint(paths: Sequence[Path]) -> list:
-    out = []
-    for p in sorted(Path(x) for x in paths):
-        st = p.stat()
-        out.append([str(p), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _Ledger:
