@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
         hist = fit(model, crops(regions, args.crop, args.batch, args.seed, align), loss, args.steps, norm,
                    lr=args.lr, desc=method)
         train_s = time.perf_counter() - start
-        cm = np.zeros((k, k), np.int64)
+        cm = np.zeros((k, k + 1), np.int64)  # last column: no prediction (see metrics.confusion_matrix)
         for rgb, lab in test:
             pred = predict_probs(model, rgb, norm).argmax(0).numpy()
             cm += confusion_matrix(pred, lab, k)

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from tissueseg import io
 from tissueseg.cli import main
-from tissueseg.colorize import colorize, colorize_files, legend, overlay
+from tissueseg.colorize import colorize, colorize_files, legend, overlay, recorded_scheme
 from tissueseg.schemes import IGNORE, bcss5, bcss22
 
 
@@ -121,16 +121,36 @@ def test_cli_missing_input_is_a_one_line_error(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0]
 
 
-def test_cli_keeps_existing_outputs_unless_overwrite(mask_folder, tmp_path):
+def test_cli_keeps_its_own_outputs_and_refuses_others_unless_overwrite(mask_folder, tmp_path):
     d, good = mask_folder
     out = tmp_path / "out"
-    args = ["colorize", str(d / "a.png"), "--out", str(out), "--quiet", "--json"]
+    args = ["colorize", str(d / "a.png"), "--out", str(out), "--quiet", "--json", "--scheme", "bcss22"]
     first = json.loads(CliRunner().invoke(main, args).output)
     assert first["written"] == 1 and first["skipped"] == []
-    (out / "a.png").write_bytes(b"sentinel")
     second = json.loads(CliRunner().invoke(main, args).output)
     assert second["written"] == 0 and second["kept"] == 1
+    other = CliRunner().invoke(main, [*args, "--scheme", "bcss5"])  # another scheme made a.png
+    reason = json.loads(other.output)["skipped"][0]["reason"]
+    assert f"{out / 'a.png'}: exists and was made from other inputs" in reason and "--overwrite" in reason
+    (out / "a.png").write_bytes(b"sentinel")  # a file colorize did not write
+    assert json.loads(CliRunner().invoke(main, args).output)["skipped"]
     assert (out / "a.png").read_bytes() == b"sentinel"
     third = json.loads(CliRunner().invoke(main, [*args, "--overwrite"]).output)
     assert third["written"] == 1
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), bcss22().apply(good["a"]))
+    assert recorded_scheme(out / "a.png") == bcss22()
+
+
+def test_masks_or_images_sharing_a_stem_are_refused(mask_folder, tmp_path):
+    d, _ = mask_folder
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "a.png").write_bytes((d / "a.png").read_bytes())
+    with pytest.raises(ValueError, match=rf"{d / 'a.png'} and {twin / 'a.png'}: two masks share the name 'a'"):
+        colorize_files([d / "a.png", twin], tmp_path / "out", bcss22(), quiet=True)
+    images = tmp_path / "images"
+    images.mkdir()
+    for suffix in (".jpg", ".png"):
+        Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(images / f"a{suffix}")
+    with pytest.raises(ValueError, match=r"a.jpg and .*a.png: two images share the name 'a'"):
+        colorize_files([d / "a.png"], tmp_path / "out", bcss22(), images=images, quiet=True)

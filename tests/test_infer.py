@@ -1,4 +1,4 @@
-"""Sliding-window inference: seamless blending, tissue skipping, resume, real slides, CLI."""
+"""Sliding-window inference: seamless blending, tissue skipping, resume, reruns, real slides, CLI."""
 
 from __future__ import annotations
 
@@ -15,9 +15,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tissueseg.checkpoint import Predictor, Preprocessing
+from tissueseg.colorize import recorded_scheme
+from tissueseg.fingerprint import StaleOutput
 from tissueseg.infer import blend_weights, make_grid, predict_files, predict_image
 from tissueseg.io import InputError
 from tissueseg.schemes import IGNORE, bcss5
+
+from .conftest import modes
+from .test_slide import write_pyramid
 
 
 def tiny_predictor(seed: int = 0, mpp: float = 0.5, patch: int = 64) -> Predictor:
@@ -80,9 +85,10 @@ def test_windowed_equals_whole_image_and_no_seams(tmp_path: Path) -> None:
 
 
 def test_tissue_detection_skips_glass(tmp_path: Path) -> None:
-    rgb = np.full((192, 256, 3), 245, dtype=np.uint8)
+    rgb = np.full((192, 256, 3), 245, dtype=np.uint8)  # 0.8 x 1 mm at 4 µm/px: left half tissue
     rgb[:, :128] = texture(192, 128)
-    res = predict_image(tiny_predictor(), region(tmp_path, rgb), tmp_path / "out", quiet=True)
+    kw = dict(target_mpp=4.0, tissue=True, quiet=True)
+    res = predict_image(tiny_predictor(), region(tmp_path, rgb, "region_MPP-4.0000.png"), tmp_path / "out", **kw)
     labels = zarr.open_array(Path(res.out_dir) / "labels.zarr", mode="r")[:]
     assert (labels[:, 140:] == IGNORE).all()
     assert (labels[:, :120] != IGNORE).mean() > 0.95
@@ -90,8 +96,8 @@ def test_tissue_detection_skips_glass(tmp_path: Path) -> None:
     assert sum(a["pixels"] for a in res.areas) == (labels != IGNORE).sum()
     png = np.asarray(Image.open(Path(res.out_dir) / "labels.png"))
     assert png.shape == (192, 256) and np.array_equal(png, labels)
-    glass = predict_image(tiny_predictor(), region(tmp_path, rgb[:, 140:], "glass_MPP-0.5000.png"), tmp_path / "out",
-                          quiet=True)
+    glass = predict_image(tiny_predictor(), region(tmp_path, rgb[:, 140:], "glass_MPP-4.0000.png"), tmp_path / "out",
+                          **kw)
     assert glass.windows == 0 and sum(a["pixels"] for a in glass.areas) == 0
     assert (zarr.open_array(Path(glass.out_dir) / "labels.zarr", mode="r")[:] == IGNORE).all()
 
@@ -130,6 +136,79 @@ def test_resume_after_interruption_is_identical(tmp_path: Path) -> None:
     assert not predict_image(pred, path, tmp_path / "b", overwrite=True, **kw).already_done
 
 
+def test_rerun_keeps_only_an_output_of_the_same_input_model_and_parameters(tmp_path: Path) -> None:
+    import os
+
+    pred = tiny_predictor(seed=1)
+    path = region(tmp_path, texture(96, 96))
+    kw = dict(window=64, quiet=True)
+    first = predict_image(pred, path, tmp_path / "out", **kw)
+    summary = json.loads((Path(first.out_dir) / "summary.json").read_text())
+    assert summary["fingerprint"] == first.fingerprint and summary["scheme"] == bcss5().to_dict()
+    assert predict_image(pred, path, tmp_path / "out", **kw).already_done
+    with torch.no_grad():  # the same model object, trained further: other weights
+        next(pred.model.parameters()).add_(0.5)
+    changes = [
+        (pred, {}),
+        (tiny_predictor(seed=2), {}),  # another model
+        (tiny_predictor(seed=1), {"overlap": 0.25}),  # other parameters
+        (tiny_predictor(seed=1), {"tissue": True}),
+    ]
+    for model, extra in changes:
+        with pytest.raises(StaleOutput, match=r"region_MPP-0.5000/summary.json: exists and was made from other inputs, model or "
+                                              r"parameters .* pass --overwrite"):
+            predict_image(model, path, tmp_path / "out", **kw, **extra)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the input changed
+    with pytest.raises(StaleOutput):
+        predict_image(tiny_predictor(seed=1), path, tmp_path / "out", **kw)
+    assert json.loads((Path(first.out_dir) / "summary.json").read_text())["fingerprint"] == first.fingerprint
+    redone = predict_image(tiny_predictor(seed=2), path, tmp_path / "out", overwrite=True, **kw)
+    assert not redone.already_done and redone.fingerprint != first.fingerprint
+    assert predict_image(tiny_predictor(seed=2), path, tmp_path / "out", **kw).already_done
+    # a batch goes on: the stale one is skipped with the reason
+    other = region(tmp_path, texture(64, 64, seed=3), "other_MPP-0.5000.png")
+    batch = predict_files(tiny_predictor(seed=1), [path, other], tmp_path / "out", **kw)
+    assert [Path(r.path).name for r in batch.ok] == [other.name] and "--overwrite" in batch.skipped[0][1]
+
+
+def test_tissue_detection_defaults_to_slides_only(nct_mosaic, tmp_path: Path) -> None:
+    """Real tiles as tissue pieces on glass: as a slide, glass is dropped and pale tissue (fat,
+    mucus) kept; as a region, every pixel is predicted unless detection is forced on."""
+    rgb, classes, names = nct_mosaic
+    pred = tiny_predictor()
+    kw = dict(target_mpp=2.0, window=64, quiet=True)
+    slide = tmp_path / "mosaic.tiff"
+    write_pyramid(slide, rgb, 0.5)
+    png = region(tmp_path, rgb, "mosaic_MPP-0.5000.png")
+
+    def labelled(res) -> np.ndarray:
+        labels = zarr.open_array(Path(res.out_dir) / "labels.zarr", mode="r")[:]
+        return labels != IGNORE
+
+    where = cv2.resize(classes, (rgb.shape[1] // 4, rgb.shape[0] // 4), interpolation=cv2.INTER_NEAREST)
+    as_slide = predict_image(pred, slide, tmp_path / "slide", **kw)
+    assert as_slide.tissue_detection
+    kept = labelled(as_slide)
+    for k, name in enumerate(names):
+        assert kept[where == k].mean() > (0.85 if name == "ADI" else 0.95), name
+    assert kept[where == -1].mean() < 0.02
+    as_region = predict_image(pred, png, tmp_path / "region", **kw)
+    assert not as_region.tissue_detection and labelled(as_region).all()
+    forced = predict_image(pred, png, tmp_path / "forced", tissue=True, **kw)
+    assert np.array_equal(labelled(forced), kept)
+    assert not predict_image(pred, slide, tmp_path / "off", tissue=False, **kw).tissue_detection
+
+
+def test_real_region_is_predicted_everywhere(bcss_region_dir: Path, tmp_path: Path) -> None:
+    (path,) = (bcss_region_dir / "rgbs_colorNormalized").iterdir()
+    res = predict_image(tiny_predictor(), path, tmp_path, target_mpp=4.0, window=64, quiet=True)
+    labels = np.asarray(Image.open(Path(res.out_dir) / "labels.png"))
+    assert labels.shape == (2240, 3136) and (labels != IGNORE).all()
+    assert sum(a["pixels"] for a in res.areas) == res.size[0] * res.size[1]
+    assert recorded_scheme(Path(res.out_dir) / "labels.png") == bcss5()
+
+
 def test_real_slides_end_to_end(slides_dir: Path, tmp_path: Path) -> None:
     pred = tiny_predictor()
     kw = dict(target_mpp=4.0, window=128, batch_size=16, quiet=True)
@@ -159,6 +238,16 @@ def test_real_slides_end_to_end(slides_dir: Path, tmp_path: Path) -> None:
     assert not (Path(res.out_dir) / "labels.png").exists()  # a pyramid, not a region
 
 
+def test_every_output_follows_the_umask(tmp_path: Path, umask: int) -> None:
+    res = predict_image(tiny_predictor(), region(tmp_path, texture(64, 96)), tmp_path / "out", probabilities=True,
+                        quiet=True)
+    found = modes(Path(res.out_dir))
+    assert "summary.json" in found and "labels.zarr/zarr.json" in found and "probabilities.tiff" in found
+    wrong = {name: oct(mode) for name, mode in found.items()
+             if mode != (0o777 if (Path(res.out_dir) / name).is_dir() else 0o666) & ~umask}
+    assert not wrong
+
+
 def test_predict_files_skips_bad_input(tmp_path: Path) -> None:
     good = region(tmp_path, texture(64, 64))
     bad = tmp_path / "bad_MPP-0.5000.png"
@@ -183,13 +272,33 @@ def test_cli_predict(tmp_path: Path) -> None:
     args = ["predict", str(path), "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "out"), "-q"]
     res = runner.invoke(main, args)
     assert res.exit_code == 1 and "img.png: no resolution metadata; pass --mpp" in res.output
-    res = runner.invoke(main, [*args, "--mpp", "0.5", "--json", "--no-tissue-detection"])
+    res = runner.invoke(main, [*args, "--mpp", "0.5", "--json", "--tissue-detection", "off"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["results"][0]["size"] == [128, 96] and not summary["skipped"]
+    assert summary["results"][0]["scheme"]["name"] == "bcss5"
     assert (tmp_path / "out" / "img" / "labels.tiff").is_file()
-    res = runner.invoke(main, [*args, "--mpp", "0.5"])
+    res = runner.invoke(main, [*args, "--mpp", "0.5", "--tissue-detection", "off"])
     assert res.exit_code == 0 and "done" in res.output
+    res = runner.invoke(main, [*args, "--mpp", "0.5", "--tissue-detection", "on"])  # other options
+    assert res.exit_code == 1 and "img/summary.json: exists and was made from other" in res.output
+    # evaluate takes the scheme predict recorded, and refuses another one
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    Image.fromarray(np.full((96, 128), 2, np.uint8)).save(truth / "img.png")
+    res = runner.invoke(main, ["evaluate", str(tmp_path / "out"), "--truth", str(truth), "--out",
+                               str(tmp_path / "eval"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["scheme"] == "bcss5" and json.loads(res.output)["coverage"] == 1.0
+    res = runner.invoke(main, ["evaluate", str(tmp_path / "out"), "--truth", str(truth), "--scheme", "bcss22",
+                               "--out", str(tmp_path / "eval22")])
+    assert res.exit_code == 1 and "img/labels.png: was predicted with scheme 'bcss5', not 'bcss22'" in res.output
+    # two inputs with one stem would write one folder
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "img.png").write_bytes(path.read_bytes())
+    res = runner.invoke(main, [*args, str(twin / "img.png"), "--mpp", "0.5"])
+    assert res.exit_code == 1 and f"{path} and {twin / 'img.png'}: two inputs share the name 'img'" in res.output
 
 
 def test_a_window_the_model_cannot_take_is_refused_before_any_work() -> None:

@@ -3,7 +3,9 @@ import pytest
 from PIL import Image
 
 from tissueseg.batch import run_batch
-from tissueseg.io import InputError, atomic_path, list_images, read_image, read_mask, write_png
+from tissueseg.io import InputError, atomic_path, list_images, png_text, read_image, read_mask, write_json, write_png
+
+from .conftest import modes
 
 
 @pytest.fixture
@@ -64,6 +66,17 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert not target.exists() and list((tmp_path / "sub").iterdir()) == []
     write_png(target, np.zeros((3, 3), np.uint8))
     assert target.exists() and [p.name for p in target.parent.iterdir()] == ["out.png"]
+
+
+def test_written_files_follow_the_umask(tmp_path, umask):
+    write_png(tmp_path / "sub" / "a.png", np.zeros((3, 3), np.uint8), text={"k": "v"})
+    write_json(tmp_path / "b.json", {"x": 1})
+    with atomic_path(tmp_path / "c.bin") as tmp:
+        tmp.write_bytes(b"c")
+    assert modes(tmp_path) == {"sub": 0o777 & ~umask, "sub/a.png": 0o666 & ~umask, "b.json": 0o666 & ~umask,
+                               "c.bin": 0o666 & ~umask}
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "d.jpg")
+    assert png_text(tmp_path / "sub" / "a.png") == {"k": "v"} and png_text(tmp_path / "d.jpg") == {}
 
 
 def test_list_images_errors(tmp_path):

@@ -75,7 +75,7 @@ def test_real_svs_without_mpp(slides_dir: Path) -> None:
         assert plan_read(r, 0.9)[0] == 0
         thumb = r.thumbnail(512)
         assert thumb.shape == (411, 512, 3)
-        frac = tissue_mask(thumb).mean()
+        frac = tissue_mask(thumb, 0.5 * 4443 / 512).mean()
         assert 0.4 < frac < 0.9  # one section of tissue on glass
 
 
@@ -149,18 +149,56 @@ def test_thumbnail_matches_downsampled_image(pyramid: tuple[Path, np.ndarray, np
 def test_tissue_mask_glass_tissue_and_blob() -> None:
     rng = np.random.default_rng(0)
     glass = np.clip(242 + rng.normal(0, 3, (200, 300, 3)), 0, 255).astype(np.uint8)
-    assert not tissue_mask(glass).any()
+    assert not tissue_mask(glass, 8.0).any()
     tissue = he_texture(200, 300)
-    assert tissue_mask(tissue).mean() > 0.98
+    assert tissue_mask(tissue, 8.0).mean() > 0.98
     yy, xx = np.mgrid[:200, :300]
     truth = ((yy - 100) / 70) ** 2 + ((xx - 120) / 90) ** 2 < 1
     truth |= (np.abs(yy - 60) < 25) & (np.abs(xx - 240) < 40)
     slide = np.where(truth[..., None], he_texture(200, 300, seed=3), glass)
-    pred = tissue_mask(slide)
+    pred = tissue_mask(slide, 8.0)
     iou = (pred & truth).sum() / (pred | truth).sum()
     assert iou > 0.9
     with pytest.raises(ValueError):
-        tissue_mask(glass[..., 0])
+        tissue_mask(glass[..., 0], 8.0)
+
+
+def test_tissue_mask_sizes_are_micrometres() -> None:
+    """Glass inside tissue: a 150 µm gap (a fat cell) is tissue, a 1 mm hole (a lumen) is glass,
+    whatever the field of view of the thumbnail."""
+    def scene(side_um: float, hole_um: float, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+        n, h = round(side_um / mpp), round(hole_um / mpp)
+        rgb = he_texture(n, n)
+        hole = np.zeros((n, n), dtype=bool)
+        hole[n // 2 - h // 2 : n // 2 - h // 2 + h, n // 2 - h // 2 : n // 2 - h // 2 + h] = True
+        rgb[hole] = 242
+        return rgb, hole
+
+    rgb, hole = scene(1000, 150, 1.0)  # a 1 mm region at 1 µm/px
+    assert tissue_mask(rgb, 1.0)[hole].mean() > 0.99
+    rgb, hole = scene(15000, 1000, 10.0)  # a 15 mm slide at 10 µm/px
+    assert tissue_mask(rgb, 10.0)[hole].mean() < 0.01
+
+
+def test_tissue_mask_keeps_pale_real_tissue_and_drops_glass(nct_mosaic) -> None:
+    """Fat, mucus, stroma and mucosa kept, glass dropped (fat cells cut open by a tile edge
+    facing glass are glass-like on every side but one: the few percent of fat lost)."""
+    rgb, classes, names = nct_mosaic
+    for factor, least in ((1, {"ADI": 0.85}), (4, {"ADI": 0.8})):  # thumbnails at 0.5 and 2 µm/px
+        small = cv2.resize(rgb, (rgb.shape[1] // factor, rgb.shape[0] // factor), interpolation=cv2.INTER_AREA)
+        where = classes[factor // 2 :: factor, factor // 2 :: factor]
+        mask = tissue_mask(small, 0.5 * factor)
+        for k, name in enumerate(names):
+            assert mask[where == k].mean() > least.get(name, 0.95), (factor, name)
+        assert mask[where == -1].mean() < 0.01
+
+
+def test_tissue_mask_keeps_all_of_a_real_tissue_region(bcss_region_dir: Path) -> None:
+    (path,) = (bcss_region_dir / "rgbs_colorNormalized").iterdir()
+    with open_image(path) as r:
+        for size in (2048, 256):
+            thumb = r.thumbnail(size)
+            assert tissue_mask(thumb, r.mpp * r.dimensions[0] / thumb.shape[1]).mean() > 0.99
 
 
 def test_tissue_mask_on_generated_slide(tmp_path: Path) -> None:
@@ -170,6 +208,6 @@ def test_tissue_mask_on_generated_slide(tmp_path: Path) -> None:
     with open_image(tmp_path / "slide.tiff") as r:
         assert r.level_count >= 2 and r.mpp == pytest.approx(0.5)
         thumb = r.thumbnail(192)
-    pred = tissue_mask(thumb)
+        pred = tissue_mask(thumb, r.mpp * r.dimensions[0] / thumb.shape[1])
     truth = cv2.resize((codes > 0).astype(np.uint8), pred.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
     assert (pred & truth).sum() / (pred | truth).sum() > 0.8

@@ -102,4 +102,17 @@ def test_cli_normalize_writes_resumes_and_skips(tmp_path, kaggle_sample_dir, nct
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.png" for p in src)
     assert io.read_image(out / f"{src[0].stem}.png").shape == (224, 224, 3)
     again = json.loads(CliRunner().invoke(main, args).stdout)
-    assert again["counts"] == {"exists": 3}
+    assert again["counts"] == {"kept": 3}
+    # another method made the outputs: refused per image (the files stay), replaced with --overwrite
+    before = (out / f"{src[0].stem}.png").read_bytes()
+    other = json.loads(CliRunner().invoke(main, [*args, "--method", "reinhard"]).stdout)
+    assert not other["results"] and len(other["skipped"]) == 4
+    assert all("--overwrite" in r for r in other["skipped"] if "broken" not in r)
+    assert (out / f"{src[0].stem}.png").read_bytes() == before
+    redo = json.loads(CliRunner().invoke(main, [*args, "--method", "reinhard", "--overwrite"]).stdout)
+    assert sum(redo["counts"].values()) == 3 and "kept" not in redo["counts"]
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / src[0].name).write_bytes(src[0].read_bytes())
+    dup = CliRunner().invoke(main, [*args[:-2], str(twin), "--quiet"])
+    assert dup.exit_code == 1 and f"{src[0]} and {twin / src[0].name}: two images share the name" in dup.output

@@ -97,6 +97,15 @@ class Predictor:
             raise ValueError(f"window {size} is not a multiple of {multiple}, which this model needs "
                              f"(e.g. --window {max(multiple, size // multiple * multiple)})")
 
+    def fingerprint(self) -> str:
+        """A hash of everything that decides what this predictor outputs: weights, scheme,
+        preprocessing, flip TTA and the class gate (see :mod:`tissueseg.fingerprint`)."""
+        from .fingerprint import key, weights_hash
+
+        gate = weights_hash(self.gate) if self.gate is not None else None
+        return key(weights_hash(self.model), self.scheme.to_dict(), self.preprocessing.to_dict(),
+                   self.inference.flip_tta, gate, self.inference.gate_threshold if gate else None)
+
     def to(self, device: str | torch.device) -> Predictor:
         """Move the model (and the gate) to ``device``; returns self."""
         self.model.to(device)

@@ -6,7 +6,7 @@ slide area. Files per input, in ``out/<stem>/``: ``labels.tiff`` (tiled pyramid,
 resolution in cm; opens in QuPath and OpenSlide), ``probabilities.tiff`` (optional, one
 uint8 page per class), ``thumbnail.png``, ``overlay.png``, ``tissue.png``,
 ``regions.geojson``, ``areas.csv`` / ``areas.json``, and for one-level inputs (regions)
-``labels.png`` at the input's size.
+``labels.png`` at the input's size (its scheme recorded, see :func:`~tissueseg.colorize.write_label_png`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from . import io
-from .colorize import colorize, overlay
+from .colorize import colorize, overlay, write_label_png
 from .schemes import ClassScheme
 
 TILE = 256
@@ -226,5 +226,5 @@ def write_outputs(
     out["areas.csv"], out["areas.json"] = dest / "areas.csv", dest / "areas.json"
     if region_size is not None:
         full = cv2.resize(np.asarray(labels[:]), region_size, interpolation=cv2.INTER_NEAREST)
-        out["labels.png"] = io.write_png(dest / "labels.png", colorize(full, scheme))
+        out["labels.png"] = write_label_png(dest / "labels.png", full, scheme)
     return {k: str(v) for k, v in out.items()}

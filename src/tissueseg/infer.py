@@ -3,8 +3,9 @@
 The image is read at the model's µm/px (or ``target_mpp``) on a grid of windows with
 overlap. Softmax probabilities are blended with a 2-D Gaussian weight that never reaches
 0 (borders still count): label = argmax of ``sum(w * p)``, probability = ``sum(w * p) /
-sum(w)``. Windows wholly on glass (tissue mask on a thumbnail) are skipped; pixels off
-tissue are :data:`~tissueseg.schemes.IGNORE`.
+sum(w)``. On whole-slide images (by default; on regions when asked) windows wholly on
+glass (tissue mask on a thumbnail) are skipped and pixels off tissue are
+:data:`~tissueseg.schemes.IGNORE`.
 
 Memory: windows are processed row by row. A ring buffer of ``window`` image rows holds
 the running sums (``4 * (K + 1) * window * width`` bytes: 0.5 GB for K = 5, window 512 and a
@@ -20,13 +21,14 @@ with slide width, never with area.
 Resume: after every band ``progress.json`` (written atomically) records how many bands
 are done and the class counts so far. A restarted prediction recomputes the windows that
 still overlap the first unfinished band and goes on from there; batches are formed on the
-same global window list, so the result is identical to an uninterrupted run.
+same global window list, so the result is identical to an uninterrupted run. Finished and
+interrupted outputs are reused only when made from the same input file, model weights,
+scheme and parameters (:mod:`tissueseg.fingerprint`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import queue
@@ -38,13 +40,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import export, io
+from . import export, fingerprint, io
 from .batch import BatchResult, run_batch
 from .schemes import IGNORE, ClassScheme
 from .slide import SlideReader, open_image, plan_read, read_at, require_mpp, target_size, tissue_mask
@@ -65,12 +67,18 @@ class PredictorLike(Protocol):
     scheme: ClassScheme
     mpp: float
     patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
     def preprocess(self, rgb: torch.Tensor) -> torch.Tensor: ...
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def check_window(self, size: int) -> None: ...
+
+    def fingerprint(self) -> str: ...
+
+    def to(self, device: str | torch.device) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -326,7 +334,8 @@ class PredictionResult:
     """One predicted image: sizes, timing, class areas and the files written.
 
     ``size`` is ``(width, height)`` at ``target_mpp``; ``seconds`` covers the whole call,
-    ``engine_seconds`` the sliding window alone (reading, model, blending, zarr).
+    ``engine_seconds`` the sliding window alone (reading, model, blending, zarr). ``scheme``
+    (``ClassScheme.to_dict``) says what the label values mean; ``fingerprint`` what made them.
     """
 
     path: str
@@ -344,6 +353,9 @@ class PredictionResult:
     outputs: dict[str, str] = field(default_factory=dict)
     resumed_from_band: int = 0
     already_done: bool = False
+    tissue_detection: bool = False
+    scheme: dict = field(default_factory=dict)
+    fingerprint: str = ""
 
     @property
     def megapixels(self) -> float:
@@ -367,7 +379,7 @@ def predict_image(
     overlap: float = 0.5,
     batch_size: int = 8,
     probabilities: bool = False,
-    tissue: bool = True,
+    tissue: bool | Literal["auto"] = "auto",
     device: str | torch.device = "auto",
     overwrite: bool = False,
     quiet: bool = False,
@@ -376,14 +388,28 @@ def predict_image(
     """Predict one region or slide into ``out_dir/<stem>/`` (see :mod:`tissueseg.export`).
 
     ``mpp`` overrides the input's µm/px (needed when the file has none); ``target_mpp`` is the
-    resolution to predict at (default: the model's). A finished output (``summary.json``) is
-    kept unless ``overwrite``; an interrupted one resumes from its first unfinished band.
+    resolution to predict at (default: the model's). ``tissue``: predict only on detected
+    tissue (:func:`~tissueseg.slide.tissue_mask`); ``"auto"`` does so for whole-slide images
+    (pyramids, or one level above ``REGION_PNG_MAX`` px) and predicts every pixel of regions.
+
+    Rerun (:mod:`tissueseg.fingerprint`): the output records a fingerprint of the input file,
+    the model's weights and scheme, and these arguments (``batch_size``, ``device`` and
+    ``quiet`` aside). A finished output with the same fingerprint is returned as it is
+    (``already_done``); one with another is replaced only with ``overwrite``
+    (:class:`~tissueseg.fingerprint.StaleOutput` otherwise); an interrupted one resumes from
+    its first unfinished band when the fingerprint matches and starts over when not.
     """
     t0 = time.perf_counter()
     path = Path(path)
+    if not path.is_file():
+        raise io.InputError(path, "no such file")
     dest = Path(out_dir) / path.stem
     summary_path = dest / "summary.json"
-    if summary_path.exists() and not overwrite:
+    dev = resolve_device(device)
+    predictor.to(dev)
+    stamp = _fingerprint(path, predictor, mpp=mpp, target_mpp=target_mpp, window=window, overlap=overlap,
+                         tissue=tissue, probabilities=probabilities)
+    if fingerprint.reuse(summary_path, stamp, overwrite):
         data = json.loads(summary_path.read_text())
         data.pop("megapixels", None)
         return PredictionResult(**{**data, "size": tuple(data["size"]), "level0_size": tuple(data["level0_size"]),
@@ -392,8 +418,6 @@ def predict_image(
         for name in (*STORE_FILES, "summary.json", "probabilities.tiff"):
             p = dest / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    dev = resolve_device(device)
-    predictor.model.to(dev)
     scheme = predictor.scheme
     with open_image(path, mpp) as reader:
         base_mpp = require_mpp(reader)
@@ -402,15 +426,15 @@ def predict_image(
         width, height = target_size(reader, t_mpp)
         win = int(window or predictor.patch_size)
         is_region = reader.level_count == 1 and reader.dimensions[0] * reader.dimensions[1] <= REGION_PNG_MAX
+        detect = not is_region if tissue == "auto" else bool(tissue)
         grid = make_grid(width, height, win, overlap)
         thumb = reader.thumbnail(min(THUMB_MAX, max(reader.dimensions)))
-        mask = tissue_mask(thumb) if tissue else None
+        mask = tissue_mask(thumb, base_mpp * reader.dimensions[0] / thumb.shape[1]) if detect else None
         dest.mkdir(parents=True, exist_ok=True)
-        fingerprint = _fingerprint(path, predictor, base_mpp, t_mpp, grid, tissue, probabilities)
-        labels, probs, start, counts = _open_stores(dest, grid, scheme.num_classes, probabilities, fingerprint)
+        labels, probs, start, counts = _open_stores(dest, grid, scheme.num_classes, probabilities, stamp)
 
         def record(band: int, c: np.ndarray) -> None:
-            io.write_json(dest / "progress.json", {"fingerprint": fingerprint, "bands_done": band + 1,
+            io.write_json(dest / "progress.json", {"fingerprint": stamp, "bands_done": band + 1,
                                                    "bands": grid.bands, "counts": c.tolist()})
             if on_band is not None:
                 on_band(band, c)
@@ -427,7 +451,7 @@ def predict_image(
     result = PredictionResult(
         str(path), str(dest), (width, height), tuple(reader.dimensions), base_mpp, t_mpp, level,
         stats.windows_kept, stats.windows_run, time.perf_counter() - t0, stats.seconds, export.class_areas(stats.counts, scheme, t_mpp),
-        outputs, start,
+        outputs, start, tissue_detection=detect, scheme=scheme.to_dict(), fingerprint=stamp,
     )
     io.write_json(summary_path, result.to_dict())
     return result
@@ -437,19 +461,14 @@ def _read_window(reader: SlideReader, target_mpp: float, x: int, y: int, size: i
     return read_at(reader, x, y, size, size, target_mpp)
 
 
-def _fingerprint(path: Path, predictor: PredictorLike, mpp: float, target_mpp: float, grid: Grid,
-                 tissue: bool, probabilities: bool) -> str:
-    h = hashlib.sha1()
-    st = path.stat()
-    h.update(json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, mpp, target_mpp, asdict(grid), tissue,
-                         probabilities, predictor.scheme.to_dict()]).encode())
-    for t in predictor.model.state_dict().values():
-        h.update(t.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
+def _fingerprint(path: Path, predictor: PredictorLike, **params: Any) -> str:
+    """What a prediction is made from: the input file, the model (:meth:`Predictor.fingerprint`:
+    weights, scheme, preprocessing, test-time additions) and the arguments that shape the output."""
+    return fingerprint.key(fingerprint.file_stamp(path), predictor.fingerprint(), params)
 
 
 def _open_stores(dest: Path, grid: Grid, num_classes: int, probabilities: bool,
-                 fingerprint: str) -> tuple[Any, Any | None, int, np.ndarray | None]:
+                 stamp: str) -> tuple[Any, Any | None, int, np.ndarray | None]:
     """The zarr stores and the band to start from (0 unless ``progress.json`` matches)."""
     import zarr
 
@@ -459,7 +478,7 @@ def _open_stores(dest: Path, grid: Grid, num_classes: int, probabilities: bool,
     except ValueError:
         state = None
     chunks = (grid.stride, min(grid.width, CHUNK_WIDTH))
-    if state and state.get("fingerprint") == fingerprint:
+    if state and state.get("fingerprint") == stamp:
         labels = zarr.open_array(dest / "labels.zarr", mode="r+")
         probs = zarr.open_array(dest / "probabilities.zarr", mode="r+") if probabilities else None
         return labels, probs, int(state["bands_done"]), np.asarray(state["counts"], dtype=np.int64)

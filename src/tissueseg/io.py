@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +111,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
     On any error (Ctrl-C included) the temporary file is removed, so no half-written
-    output is ever left under the final name.
+    output is ever left under the final name. The file gets the mode a plain ``open``
+    would give (``0o666`` less the umask), so colleagues on a shared disk can read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes[-1:]), dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -126,17 +125,51 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_png(path: str | Path, img: np.ndarray | Image.Image, palette: list[int] | None = None) -> Path:
-    """Write a PNG atomically (fast compression). ``palette`` makes a mode-P image."""
+def _new_temp(path: Path) -> Path:
+    """Create an empty, unique ``.<name>.<random>.part<suffix>`` next to ``path`` (mode 0o666 & ~umask)."""
+    suffix = ".part" + "".join(path.suffixes[-1:])
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def write_png(path: str | Path, img: np.ndarray | Image.Image, palette: list[int] | None = None,
+              text: Mapping[str, str] | None = None) -> Path:
+    """Write a PNG atomically (fast compression). ``palette`` makes a mode-P image; ``text``
+    goes into PNG text chunks (read back with :func:`png_text`)."""
+    from PIL.PngImagePlugin import PngInfo
+
     pil = img if isinstance(img, Image.Image) else Image.fromarray(np.ascontiguousarray(img))
     if palette is not None:
         if pil.mode not in ("L", "P"):
             raise ValueError(f"{path}: a palette PNG needs a single-channel uint8 label map")
         pil = Image.frombytes("P", pil.size, pil.tobytes())
         pil.putpalette(palette)
+    info = PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
     with atomic_path(path) as tmp:
-        pil.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        pil.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=info)
     return Path(path)
+
+
+def png_text(path: str | Path) -> dict[str, str]:
+    """The text chunks before a PNG's pixel data, where :func:`write_png` puts them (the
+    pixels are not decoded); {} for other image formats."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        with Image.open(path) as img:
+            if img.format != "PNG":
+                return {}
+            return {k: v for k, v in img.info.items() if isinstance(k, str) and isinstance(v, str)}
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(path, f"cannot read image header ({exc})") from None
 
 
 def write_text(path: str | Path, text: str) -> Path:

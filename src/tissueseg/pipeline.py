@@ -10,7 +10,6 @@ the change affects, and a killed run resumes (the stages themselves resume too).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import io
 from .config import RunConfig, TrainConfig
+from .fingerprint import file_stamps as _fingerprint, key as _key
 from .manifest import TileParams
 from .schemes import DEFAULT_SCHEME, load_scheme
 
@@ -158,18 +158,6 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
 
 
 # ----------------------------------------------------------------------------- stage bookkeeping
-
-
-def _fingerprint(paths: Sequence[Path]) -> list:
-    out = []
-    for p in sorted(Path(x) for x in paths):
-        st = p.stat()
-        out.append([str(p), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _Ledger:

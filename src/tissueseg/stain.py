@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
 
-from . import io
+from . import fingerprint, io
 from .batch import BatchResult, run_batch
 
 Method = Literal["macenko", "reinhard"]
@@ -139,14 +139,18 @@ def stain_jitter(rgb: torch.Tensor, sigma: float, generator: torch.Generator | N
     return out[0] if single else out
 
 
-def normalize_file(path: Path, *, normalizer: Normalizer, out: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Normalise one image file to ``out/<stem>.png``; an existing output is kept (resume)."""
+def normalize_file(path: Path, *, normalizer: Normalizer, out: Path, stamp: str,
+                   overwrite: bool = False) -> dict[str, Any]:
+    """Normalise one image file to ``out/<stem>.png``; ``stamp`` is the fingerprint of the
+    reference and method. An output of the same image and ``stamp`` is kept, another one is
+    replaced only with ``overwrite`` (:mod:`tissueseg.fingerprint`)."""
     target = out / f"{path.stem}.png"
-    if target.exists() and not overwrite:
-        return {"image": str(path), "output": str(target), "status": "exists"}
+    key = fingerprint.key(fingerprint.file_stamp(path), stamp)
+    if fingerprint.reuse(target, key, overwrite):
+        return {"image": str(path), "output": str(target), "status": "kept"}
     rgb = io.read_image(path)
     result = normalizer.transform(rgb)
-    io.write_png(target, result)
+    io.write_png(target, result, text={fingerprint.PNG_KEY: key})
     return {"image": str(path), "output": str(target),
             "status": "normalised" if result is not rgb else "unchanged (too little tissue)"}
 
@@ -155,17 +159,17 @@ def normalize_files(
     images: Sequence[str | Path], reference: str | Path, out: str | Path, *, method: Method = "macenko",
     workers: int = 1, overwrite: bool = False, quiet: bool = True,
 ) -> BatchResult[dict[str, Any]]:
-    """Normalise image files (or folders of them) to ``reference``; PNGs in ``out``."""
+    """Normalise image files (or folders of them) to ``reference``; PNGs in ``out``.
+
+    Two images with one stem are refused; outputs follow :func:`normalize_file`.
+    """
     paths = io.list_images(images)
-    stems: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in stems:
-            raise ValueError(f"{p} and {stems[p.stem]} would both be written as {p.stem}.png")
-        stems[p.stem] = p
+    fingerprint.unique_stems(paths, "images")
     try:
         normalizer = fit_normalizer(method, io.read_image(reference))
     except ValueError as exc:
         raise io.InputError(reference, str(exc)) from None
     out = io.check_output_dir(out)
-    fn = partial(normalize_file, normalizer=normalizer, out=out, overwrite=overwrite)
+    stamp = fingerprint.key(fingerprint.file_stamp(reference), method, normalizer.min_tissue)
+    fn = partial(normalize_file, normalizer=normalizer, out=out, stamp=stamp, overwrite=overwrite)
     return run_batch(fn, paths, workers=workers, desc="normalize", quiet=quiet)

@@ -24,6 +24,8 @@ def command(masks: tuple[Path, ...], out: Path, images: Path | None, alpha: floa
     """Write OUT/<stem>.png (palette PNG of class indices) for each mask, and OUT/legend.png.
 
     MASKS are mask files or folders of masks (raw codes). Bad masks are skipped and listed.
+    The palette PNGs record their scheme (evaluate reads it). On a rerun, outputs made
+    from the same files and options are kept; others are skipped unless --overwrite.
 
     \b
     Example:

@@ -11,13 +11,14 @@ from . import common
 
 
 def _table(result: dict) -> str:
-    lines = [f"{'class':<28}{'IoU':>8}{'Dice':>8}{'prec':>8}{'recall':>8}{'support':>12}"]
+    lines = [f"{'class':<28}{'IoU':>8}{'Dice':>8}{'prec':>8}{'recall':>8}{'cover':>8}{'support':>12}"]
     fmt = lambda v: f"{v:8.3f}" if not (v is None or math.isnan(v)) else f"{'-':>8}"  # noqa: E731
     for name, row in result["per_class"].items():
         lines.append(f"{name:<28}{fmt(row['iou'])}{fmt(row['dice'])}{fmt(row['precision'])}"
-                     f"{fmt(row['recall'])}{row['support']:>12}")
-    lines.append(f"mIoU {fmt(result['miou']).strip()}  mDice {fmt(result['mdice']).strip()}  "
-                 f"FwIoU {fmt(result['fwiou']).strip()}  pixel accuracy {fmt(result['pixel_accuracy']).strip()}  "
+                     f"{fmt(row['recall'])}{fmt(row['coverage'])}{row['support']:>12}")
+    lines.append(f"mIoU {fmt(result['miou']).strip()}  coverage {fmt(result['coverage']).strip()}  "
+                 f"mDice {fmt(result['mdice']).strip()}  FwIoU {fmt(result['fwiou']).strip()}  "
+                 f"pixel accuracy {fmt(result['pixel_accuracy']).strip()}  scheme {result['scheme']}  "
                  f"({result['pairs']} pairs, {len(result['skipped'])} skipped, "
                  f"{len(result['unmatched_predictions'])} predictions without truth)")
     lines += [f"  skipped {reason}" for reason in result["skipped"]]
@@ -26,13 +27,16 @@ def _table(result: dict) -> str:
 
 @click.command(epilog="""\b
 Example:
-  tissueseg evaluate runs/pred/labels --truth data/masks --scheme bcss5 --out runs/eval
+  tissueseg evaluate runs/pred --truth data/masks --out runs/eval
+  tissueseg evaluate colour/ --truth data/masks --scheme bcss5 --out eval/
   tissueseg evaluate pred/ --truth wsss/test/mask --convention wsss --out eval/""")
 @click.argument("pred_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--truth", "truth_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder of truth masks (paired with predictions by file stem).")
 @common.out_option()
-@common.scheme_option()
+@click.option("--scheme", default=None, metavar="NAME|FILE",
+              help="Class scheme of the predictions: bcss22, bcss5, bcss-wsss4, or a YAML/JSON merge map "
+                   "(default: the one the predictions record; a different one is refused).")
 @click.option("--truth-format", type=click.Choice(["codes", "labels"]), default="codes", show_default=True,
               help="Truth holds raw codes (mapped through the scheme) or class indices.")
 @click.option("--convention", type=click.Choice(["default", "wsss"]), default="default", show_default=True,
@@ -42,29 +46,24 @@ Example:
 @common.overwrite_option
 @common.quiet_option
 @common.guard
-def command(pred_dir: Path, truth_dir: Path, out: Path, scheme: str, truth_format: str, convention: str,
+def command(pred_dir: Path, truth_dir: Path, out: Path, scheme: str | None, truth_format: str, convention: str,
             workers: int, as_json: bool, overwrite: bool, quiet: bool) -> None:
-    """Confusion matrix, IoU, Dice, FwIoU and pixel accuracy of predicted label maps.
+    """Confusion matrix, IoU, Dice, FwIoU, pixel accuracy and coverage of predicted label maps.
 
-    Predictions are class-index PNGs (as written by predict/colorize). Writes
-    metrics.json, per_class.csv and confusion.png to --out.
+    Predictions are class-index PNGs (as written by predict/colorize; 255 = no prediction,
+    a miss of the true class). Coverage is the share of labelled pixels that got a
+    prediction. Writes metrics.json, per_class.csv, per_image.csv and confusion.png to
+    --out. On a rerun, an evaluation of the same files and options is kept; another one is
+    refused unless --overwrite.
     """
-    import json
+    from .. import metrics
 
-    from .. import io, metrics
-
-    out = io.check_output_dir(out)
-    files = {name: out / name for name in ("metrics.json", "per_class.csv", "confusion.png")}
-    if files["metrics.json"].is_file() and not overwrite:
-        result = json.loads(files["metrics.json"].read_text())
-        common.emit(result, as_json, f"already evaluated: {files['metrics.json']} (pass --overwrite to redo)\n"
-                    + _table(result))
-        return
-    result = metrics.evaluate_folders(pred_dir, truth_dir, scheme, truth_format=truth_format,
-                                      convention=convention, workers=workers, quiet=quiet)
-    metrics.plot_confusion(result["confusion"], result["names"], files["confusion.png"])
-    io.write_text(files["per_class.csv"], metrics.per_class_csv(result))
-    safe = metrics.json_safe(result)
-    io.write_json(files["metrics.json"], safe)
-    safe["outputs"] = {k: str(v) for k, v in files.items()}
-    common.emit(safe, as_json, _table(result) + f"\nwrote {', '.join(str(p) for p in files.values())}")
+    result = metrics.evaluate_folders(pred_dir, truth_dir, scheme, truth_format=truth_format, convention=convention,
+                                      workers=workers, quiet=quiet, out=out, overwrite=overwrite)
+    files = [out / name for name in metrics.OUTPUTS]
+    result = {**result, "outputs": [str(p) for p in files]}
+    if result["kept"]:
+        text = f"already evaluated (same predictions, truth and options): {out / 'metrics.json'}\n" + _table(result)
+    else:
+        text = _table(result) + f"\nwrote {', '.join(str(p) for p in files)}"
+    common.emit(metrics.json_safe(result), as_json, text)

@@ -27,8 +27,9 @@ def command(images: tuple[Path, ...], reference: Path, method: str, out: Path, w
             overwrite: bool, quiet: bool) -> None:
     """Stain-normalise IMAGES (files or folders) to a reference (Macenko or Reinhard).
 
-    Writes <out>/<stem>.png; tiles that are mostly glass are copied unchanged; existing
-    outputs are kept unless --overwrite.
+    Writes <out>/<stem>.png; tiles that are mostly glass are copied unchanged. On a rerun,
+    outputs made from the same image, reference and method are kept; others are skipped
+    unless --overwrite.
     """
     from ..stain import normalize_files
 

@@ -32,15 +32,26 @@ Example:
               help="Overlap of neighbouring windows.")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=8, show_default=True, help="Windows per batch.")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 TIFF).")
-@click.option("--no-tissue-detection", "no_tissue", is_flag=True, help="Predict everywhere, glass included.")
+@click.option("--tissue-detection", "tissue", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True,
+              help="Predict only on detected tissue; glass gets no class. auto: on for whole-slide images "
+                   "(pyramids, or one level over 2^28 px), off for regions (one-level PNG, JPEG, TIFF up to "
+                   "2^28 px), where every pixel gets a class.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @common.batch_options
 def command(inputs: tuple[Path, ...], model_path: Path, out: Path, scheme: str | None, mpp: float | None,
             target_mpp: float | None, window: int | None, overlap: float, batch_size: int, probabilities: bool,
-            no_tissue: bool, device: str, workers: int, scheduler: str | None, as_json: bool, overwrite: bool,
+            tissue: str, device: str, workers: int, scheduler: str | None, as_json: bool, overwrite: bool,
             quiet: bool) -> None:
-    """Predict tissue classes on regions and slides (out/<stem>/: labels.tiff, regions.geojson, areas.csv, ...)."""
+    """Predict tissue classes on regions and slides (out/<stem>/: labels.tiff, regions.geojson, areas.csv, ...).
+
+    out/<stem>/summary.json and labels.png (regions) record the class scheme, which evaluate
+    reads. On a rerun, a prediction made from the same input file, model and options is kept
+    (an interrupted one resumes); one made otherwise is skipped unless --overwrite. Two
+    inputs with the same file stem are refused.
+    """
     from ..checkpoint import load_predictor
+    from ..fingerprint import unique_stems
     from ..infer import predict_files, resolve_device
     from ..io import list_images
     from ..schemes import load_scheme
@@ -53,9 +64,11 @@ def command(inputs: tuple[Path, ...], model_path: Path, out: Path, scheme: str |
                              f"{predictor.scheme.num_classes}")
         predictor.scheme = chosen
     files = list_images(inputs, suffixes=SLIDE_SUFFIXES)
+    unique_stems(files)
     result = predict_files(
         predictor, files, out, workers=workers, scheduler=scheduler, quiet=quiet, mpp=mpp, target_mpp=target_mpp,
-        window=window, overlap=overlap, batch_size=batch_size, probabilities=probabilities, tissue=not no_tissue,
+        window=window, overlap=overlap, batch_size=batch_size, probabilities=probabilities,
+        tissue={"auto": "auto", "on": True, "off": False}[tissue],
         device=device, overwrite=overwrite,
     )
     if not result.ok:
