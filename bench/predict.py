@@ -51,7 +51,8 @@ def build_predictor(window: int, device: str, kind: str = "deeplab"):
         model = build_model(cfg, 5)
     model = model.to(dev, memory_format=torch.channels_last).eval()
     mean, std = normalization(cfg)
-    return Predictor(model, bcss5(), Preprocessing(SLIDE_MPP, window, tuple(mean), tuple(std)), {"model": cfg.model_dump()})
+    preprocessing = Preprocessing(SLIDE_MPP, window, tuple(mean), tuple(std))
+    return Predictor(model, bcss5(), preprocessing, {"model": cfg.model_dump()})
 
 
 def model_only(predictor, windows: int, window: int, batch: int) -> float:

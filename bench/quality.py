@@ -17,7 +17,6 @@ Writes the table to <out>/quality.md and the numbers to <out>/quality.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable

@@ -1,7 +1,6 @@
 """The main job end to end: `tissueseg demo` on a tiny budget, up-to-date stages, the report in a browser."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -198,16 +198,21 @@ class TileParams(BaseModel):
 
     size: int = Field(256, gt=0, description="Patch side in pixels.")
     stride: int = Field(128, gt=0, description="Step between patches in pixels.")
-    edge: Edge = Field("shift", description="Border: shift the last patch inside, drop partial patches, or pad past the border.")
-    min_roi: float = Field(0.5, ge=0, le=1, description="Keep a patch when at least this fraction of it is not ignored.")
+    edge: Edge = Field("shift", description="Border: shift the last patch inside, drop partial patches, or pad "
+                                            "past the border.")
+    min_roi: float = Field(0.5, ge=0, le=1, description="Keep a patch when at least this fraction of it is not "
+                                                        "ignored.")
     label_threshold: float = Field(0.05, ge=0, le=1, description="Image label: a class covers at least this "
                                                                   "fraction of the patch's ROI pixels.")
-    split: SplitMethod = Field("slide", description="Train/val/test by slide, BCSS test sites (OL LL E2 EW GM S3), or all train.")
+    split: SplitMethod = Field("slide", description="Train/val/test by slide, BCSS test sites (OL LL E2 EW GM "
+                                                    "S3), or all train.")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of slide groups for validation.")
-    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of slide groups for test (split slide; bcss-sites takes the test sites).")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of slide groups for test (split slide; "
+                                                              "bcss-sites takes the test sites).")
     seed: int = Field(0, description="Seed of the split.")
-    mpp: float | None = Field(None, gt=0, description="µm/px of the regions (default: from each image's name, e.g. "
-                                                      "_MPP-0.2500, or its metadata; an image that says nothing is skipped).")
+    mpp: float | None = Field(None, gt=0, description="µm/px of the regions (default: from each image's name, "
+                                                      "e.g. _MPP-0.2500, or its metadata; an image that says "
+                                                      "nothing is skipped).")
     patches: bool = Field(False, description="Also write patch PNGs to OUT/patches/{images,masks,palette}.")
 
     @model_validator(mode="after")

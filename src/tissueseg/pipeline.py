@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -310,7 +309,7 @@ def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, sc
     """Train one model, predict the held-out regions and slides with it, evaluate it."""
     from .checkpoint import load_predictor
     from .infer import predict_files
-    from .metrics import evaluate_folders, json_safe, per_class_csv, plot_confusion
+    from .metrics import evaluate_folders, write_evaluation
 
     method = spec.method
     manifest = tiles_dir / "manifest.parquet"
@@ -360,10 +359,7 @@ def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, sc
             truth.mkdir(parents=True)
             for stem, mask in held_masks.items():
                 (truth / f"{stem}.png").symlink_to(mask)
-            res = evaluate_folders(pred_dir, truth, scheme, truth_format="codes", quiet=True)
-            io.write_json(eval_dir / "metrics.json", json_safe(res))
-            io.write_text(eval_dir / "per_class.csv", per_class_csv(res))
-            plot_confusion(np.asarray(res["confusion"]), scheme.names, eval_dir / "confusion.png")
+            write_evaluation(evaluate_folders(pred_dir, truth, scheme, truth_format="codes", quiet=True), eval_dir)
 
         stage(f"evaluate:{name}", _key(pred_key), [eval_dir / "metrics.json"], _evaluate)
         metrics = json.loads((eval_dir / "metrics.json").read_text())
