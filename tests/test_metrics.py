@@ -122,13 +122,14 @@ def test_cli_evaluate_outputs_json_and_resume(tmp_path):
     out = tmp_path / "out"
     args = ["evaluate", str(pred), "--truth", str(truth), "--scheme", "bcss5", "--out", str(out), "--quiet"]
     res = CliRunner().invoke(main, args + ["--json"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 3, res.output  # finished, with 3 predictions not scored
     summary = json.loads(res.stdout)
+    assert len(summary["skipped"]) == 2 and len(summary["unmatched_predictions"]) == 1
     assert summary["pairs"] == 1 and summary["per_class"]["tumor"]["support"] == 2
     assert {p.name for p in out.iterdir()} == {"metrics.json", "per_class.csv", "confusion.png"}
     assert (out / "per_class.csv").read_text().splitlines()[0] == "class,iou,dice,precision,recall,support"
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 0 and "already evaluated" in again.output and "tumor" in again.output
+    assert again.exit_code == 3 and "already evaluated" in again.output and "tumor" in again.output
     bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "none"), "--truth", str(truth), "--out", str(out),
                                     "--overwrite"])
     assert bad.exit_code == 1 and bad.output.startswith("error: ")

@@ -24,6 +24,11 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _skipped(result: dict) -> int:
+    """Predictions not scored: unreadable pairs and predictions without truth."""
+    return len(result["skipped"]) + len(result["unmatched_predictions"])
+
+
 @click.command(epilog="""\b
 Example:
   tissueseg evaluate runs/pred/labels --truth data/masks --scheme bcss5 --out runs/eval
@@ -58,7 +63,7 @@ def command(pred_dir: Path, truth_dir: Path, out: Path, scheme: str, truth_forma
     if files["metrics.json"].is_file() and not overwrite:
         result = json.loads(files["metrics.json"].read_text())
         common.emit(result, as_json, f"already evaluated: {files['metrics.json']} (pass --overwrite to redo)\n"
-                    + _table(result))
+                    + _table(result), skipped=_skipped(result))
         return
     result = metrics.evaluate_folders(pred_dir, truth_dir, scheme, truth_format=truth_format,
                                       convention=convention, workers=workers, quiet=quiet)
@@ -67,4 +72,5 @@ def command(pred_dir: Path, truth_dir: Path, out: Path, scheme: str, truth_forma
     safe = metrics.json_safe(result)
     io.write_json(files["metrics.json"], safe)
     safe["outputs"] = {k: str(v) for k, v in files.items()}
-    common.emit(safe, as_json, _table(result) + f"\nwrote {', '.join(str(p) for p in files.values())}")
+    common.emit(safe, as_json, _table(result) + f"\nwrote {', '.join(str(p) for p in files.values())}",
+                skipped=_skipped(result))
