@@ -256,16 +256,54 @@ def test_predict_files_skips_bad_input(tmp_path: Path) -> None:
     assert len(result.ok) == 1 and len(result.skipped) == 1 and "bad_MPP-0.5000.png" in result.skipped[0][1]
 
 
-def test_cli_predict(tmp_path: Path) -> None:
+def checkpoint(path: Path) -> Path:
+    """A small FCN checkpoint (random weights) for bcss5 at 0.5 µm/px, 64 px windows."""
     from tissueseg.checkpoint import save_checkpoint
-    from tissueseg.cli import main
     from tissueseg.models import ModelConfig, build_model
 
     config = {"model": {"arch": "fcn", "encoder": "resnet18", "weights": "none"}}
     torch.manual_seed(0)
     model = build_model(ModelConfig.model_validate(config["model"]), 5)
-    save_checkpoint(tmp_path / "m.pt", model=model, config=config, scheme=bcss5(),
+    save_checkpoint(path, model=model, config=config, scheme=bcss5(),
                     preprocessing=Preprocessing(0.5, 64, (0.5,) * 3, (0.25,) * 3))
+    return path
+
+
+@pytest.mark.slow
+def test_workers_load_the_checkpoint_once_each(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from tissueseg.checkpoint import load_predictor
+    from tissueseg.schemes import load_scheme, scheme_from_dict
+
+    model = checkpoint(tmp_path / "m.pt")
+    paths = [region(tmp_path, texture(64, 96, seed=i), f"r{i}_MPP-0.5000.png") for i in range(3)]
+    bad = tmp_path / "bad_MPP-0.5000.png"
+    bad.write_bytes(b"broken")
+    spec = bcss5().to_dict()
+    spec["classes"][0]["name"] = "tumour"
+    renamed = scheme_from_dict(spec)
+    with caplog.at_level(logging.DEBUG, logger="tissueseg"):
+        pooled = predict_files(model, [*paths, bad], tmp_path / "pooled", workers=2, tissue=False, quiet=True,
+                               scheme=renamed)
+    loads = [r for r in caplog.records if r.getMessage().startswith(f"loaded {model}")]
+    assert 1 <= len(loads) <= 2 and len({r.process for r in loads}) == len(loads)  # once per worker process
+    assert [Path(r.path) for r in pooled.ok] == paths and "bad_MPP-0.5000.png" in pooled.skipped[0][1]
+    assert pooled.ok[0].areas[0]["class"] == "tumour"
+    single = predict_files(model, paths, tmp_path / "single", tissue=False, quiet=True)
+    for a, b in zip(pooled.ok, single.ok):
+        assert np.array_equal(np.asarray(Image.open(Path(a.out_dir) / "labels.png")),
+                              np.asarray(Image.open(Path(b.out_dir) / "labels.png")))
+    with pytest.raises(ValueError, match="checkpoint path"):
+        predict_files(load_predictor(model), paths, tmp_path / "x", workers=2)
+    with pytest.raises(ValueError, match="has 4 classes, the model 5"):
+        predict_files(model, paths, tmp_path / "x", workers=2, scheme=load_scheme("bcss-wsss4"))
+
+
+def test_cli_predict(tmp_path: Path) -> None:
+    from tissueseg.cli import main
+
+    checkpoint(tmp_path / "m.pt")
     rgb = texture(96, 128)
     path = region(tmp_path, rgb, "img.png")
     runner = CliRunner()
@@ -299,6 +337,9 @@ def test_cli_predict(tmp_path: Path) -> None:
     (twin / "img.png").write_bytes(path.read_bytes())
     res = runner.invoke(main, [*args, str(twin / "img.png"), "--mpp", "0.5"])
     assert res.exit_code == 1 and f"{path} and {twin / 'img.png'}: two inputs share the name 'img'" in res.output
+    (tmp_path / "bad.png").write_bytes(b"broken")  # a batch with a bad input ends with exit code 3
+    res = runner.invoke(main, [*args, str(tmp_path / "bad.png"), "--mpp", "0.5", "--tissue-detection", "off"])
+    assert res.exit_code == 3 and "skipped" in res.output and "bad.png" in res.output
 
 
 def test_a_window_the_model_cannot_take_is_refused_before_any_work() -> None:

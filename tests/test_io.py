@@ -1,11 +1,18 @@
+import logging
+import os
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from tissueseg.batch import run_batch
-from tissueseg.io import InputError, atomic_path, list_images, png_text, read_image, read_mask, write_json, write_png
+from tissueseg.batch import available_cores, run_batch
+from tissueseg.io import (InputError, atomic_path, encode_png, list_images, png_text, read_image, read_mask,
+                          write_json, write_png)
 
 from .conftest import modes
+
+MARK = "as imported"
 
 
 @pytest.fixture
@@ -108,3 +115,81 @@ def test_run_batch_on_a_local_dask_cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         res = run_batch(_square, list(range(7)), scheduler=cluster.scheduler_address, quiet=True)
     assert res.ok == [0, 1, 4, 16, 36] and len(res.skipped) == 2
+
+
+def _probe(_: int) -> dict:
+    """What a worker sees: its threads (torch and OpenCV imported only now), and MARK."""
+    import cv2
+    import torch
+
+    from tissueseg.batch import thread_budget
+
+    return {"pid": os.getpid(), "torch": torch.get_num_threads(), "cv2": cv2.getNumThreads(),
+            "omp": os.environ.get("OMP_NUM_THREADS"), "budget": thread_budget(), "mark": MARK}
+
+
+def test_pool_workers_are_spawned_with_their_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "MARK", "changed in the parent")
+    res = run_batch(_probe, list(range(4)), workers=2, quiet=True)
+    share = max(1, available_cores() // 2)
+    assert len(res.ok) == 4 and os.getpid() not in {r["pid"] for r in res.ok}
+    for r in res.ok:
+        assert r["mark"] == "as imported"  # spawned: a forked worker would see the parent's change
+        assert r["torch"] == r["cv2"] == r["budget"] == share and r["omp"] == str(share)
+
+
+def _log_and_square(x: int) -> int:
+    logging.getLogger("tissueseg.test_worker").warning("item %d", x)
+    return x * x
+
+
+def test_worker_log_records_reach_the_parent_loggers(caplog):
+    with caplog.at_level(logging.WARNING, logger="tissueseg"):
+        res = run_batch(_log_and_square, [1, 2, 3], workers=2, quiet=True)
+    assert res.ok == [1, 4, 9]
+    records = [r for r in caplog.records if r.name == "tissueseg.test_worker"]
+    assert sorted(r.getMessage() for r in records) == ["item 1", "item 2", "item 3"]
+    assert all(r.process != os.getpid() for r in records)
+
+
+def test_huge_images_are_read_without_lifting_pil_guard_for_others(tmp_path, monkeypatch):
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1200 px is a "bomb" to PIL now
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.png")
+    assert np.array_equal(read_image(tmp_path / "big.png"), rgb)  # our reads have their own limit
+    assert Image.MAX_IMAGE_PIXELS == 100
+    monkeypatch.setattr("tissueseg.io.MAX_PIXELS", 1000)
+    with pytest.raises(InputError, match=r"big.png: 30x40 px is more than tissueseg reads \(1000 px\)"):
+        read_image(tmp_path / "big.png")
+
+
+def test_greyscale_and_odd_modes_read_as_he_are_named_in_a_warning(tmp_path, rgb, caplog):
+    grey = rgb[..., 0]
+    Image.fromarray(np.dstack([grey] * 3)).save(tmp_path / "grey_rgb.png")
+    Image.fromarray(grey).save(tmp_path / "grey_l.png")
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    with caplog.at_level(logging.WARNING, logger="tissueseg"):
+        for name in ("grey_rgb.png", "grey_l.png", "alpha.png", "plain.png"):
+            read_image(tmp_path / name)
+    messages = {r.getMessage() for r in caplog.records if r.name == "tissueseg.io"}
+    assert messages == {
+        f"{tmp_path / 'grey_rgb.png'}: read as H&E but greyscale (all three channels equal)",
+        f"{tmp_path / 'grey_l.png'}: read as H&E but mode L converted to RGB; greyscale (all three channels equal)",
+        f"{tmp_path / 'alpha.png'}: read as H&E but mode RGBA converted to RGB",
+    }
+
+
+@pytest.mark.parametrize("shape", [(9, 12), (9, 12, 3), (9, 12, 4)])
+def test_encode_png_is_lossless_for_views_and_every_channel_count(tmp_path, shape):
+    big = np.random.default_rng(1).integers(0, 256, (20, 30) + shape[2:], dtype=np.uint8)
+    view = big[3:12, 5:17]  # a crop: not contiguous
+    (tmp_path / "v.png").write_bytes(encode_png(view))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "v.png")), view)
+    labels = big[3:12, 5:17, 0] if len(shape) == 3 else view
+    (tmp_path / "p.png").write_bytes(encode_png(labels, palette=list(range(256)) * 3))
+    pal = Image.open(tmp_path / "p.png")
+    assert pal.mode == "P" and np.array_equal(np.asarray(pal), labels)

@@ -205,13 +205,13 @@ def test_cli_evaluate_outputs_json_and_rerun_policy(tmp_path):
     out = tmp_path / "out"
     args = ["evaluate", str(pred), "--truth", str(truth), "--scheme", "bcss5", "--out", str(out), "--quiet"]
     res = CliRunner().invoke(main, args + ["--json"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 3, res.output  # finished, with 3 predictions not scored
     summary = json.loads(res.stdout)
     assert summary["pairs"] == 1 and summary["per_class"]["tumor"]["support"] == 2 and summary["coverage"] == 1.0
     assert {p.name for p in out.iterdir()} == {"metrics.json", "per_class.csv", "per_image.csv", "confusion.png"}
     assert (out / "per_class.csv").read_text().splitlines()[0] == "class,iou,dice,precision,recall,coverage,support"
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 0 and "already evaluated" in again.output and "tumor" in again.output
+    assert again.exit_code == 3 and "already evaluated" in again.output and "tumor" in again.output
     assert "coverage 1.000" in again.output
     # other inputs: refused without --overwrite, recomputed with it
     _write(pred / "r1.png", np.array([[0, 0, 1, 0], [2, 1, 255, 255]]))
@@ -219,7 +219,7 @@ def test_cli_evaluate_outputs_json_and_rerun_policy(tmp_path):
     assert stale.exit_code == 1 and f"{out / 'metrics.json'}: exists and was made from other" in stale.output
     assert "--overwrite" in stale.output and json.loads((out / "metrics.json").read_text())["coverage"] == 1.0
     redo = CliRunner().invoke(main, [*args, "--overwrite", "--json"])
-    assert redo.exit_code == 0 and json.loads(redo.stdout)["coverage"] == pytest.approx(5 / 7)
+    assert redo.exit_code == 3 and json.loads(redo.stdout)["coverage"] == pytest.approx(5 / 7)
     bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "none"), "--truth", str(truth), "--out", str(out),
                                     "--overwrite"])
     assert bad.exit_code == 1 and bad.output.startswith("error: ")

@@ -293,12 +293,13 @@ def test_cli_tile_json_and_overwrite(tmp_path):
     args = ["tile", str(root), "--out", str(out), "--size", "32", "--stride", "16", "--test-fraction", "0", "--json",
             "--quiet"]
     res = CliRunner().invoke(main, args)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 3, res.output  # finished; one input (the lonely mask) not used
     summary = json.loads(res.output)
     assert summary["images"] == 3 and summary["unmatched"][0]["problem"] == "mask without image"
     assert summary["patches"] == len(load_manifest(out)[0]) > 0
     res = CliRunner().invoke(main, args[:-2] + ["--size", "48"])
     assert res.exit_code == 1 and "error:" in res.output and "--overwrite" in res.output
+    (root / "masks" / "lonely.png").unlink()
     res = CliRunner().invoke(main, args + ["--size", "48", "--overwrite"])
     assert res.exit_code == 0 and load_manifest(out)[1]["params"]["size"] == 48
     assert "Example" in CliRunner().invoke(main, ["tile", "--help"]).output
@@ -325,6 +326,33 @@ def test_tile_dataset_rejects_bad_parameters_before_any_work(tmp_path, kwargs, m
     with pytest.raises(ValueError, match=match):
         tile_dataset([], tmp_path / "out", bcss22(), **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("shape,edge,codes,reason", [
+    ((20, 40), "drop", 1, "region is 40x20 px, smaller than one 32 px patch: edge drop keeps no partial patch"),
+    ((12, 40), "shift", 1, "region is 40x12 px, smaller than one 32 px patch: the padded patch has under 0.5"),
+    ((40, 64), "shift", 0, "none of its 6 patches has 0.5 of its pixels labelled"),  # code 0: outside the ROI
+])
+def test_a_region_that_gives_no_patch_is_skipped_with_its_reason(tmp_path, shape, edge, codes, reason):
+    io.write_png(tmp_path / "a.png", np.full(shape + (3,), 180, np.uint8))
+    io.write_png(tmp_path / "m.png", np.full(shape, codes, np.uint8))
+    with pytest.raises(io.InputError, match=f"a.png: {reason}"):
+        tile_image(tmp_path / "a.png", tmp_path / "m.png", bcss22(), size=32, stride=16, edge=edge, mpp=0.25)
+    assert len(tile_image(tmp_path / "a.png", tmp_path / "m.png", bcss22(), size=8, stride=8, edge=edge,
+                          min_roi=0.0, mpp=0.25)) > 0
+
+
+def test_cli_tile_reports_a_region_smaller_than_a_patch_and_exits_3(tmp_path):
+    root = tmp_path / "data"
+    _dataset(root, NAMES[:2], shape=(40, 50))
+    small = "TCGA-A2-A0D2-DX1_xmin9_ymin9_MPP-0.2500"
+    _region(root / "rgbs_colorNormalized" / f"{small}.png", root / "masks" / f"{small}.png", (20, 24), seed=9)
+    res = CliRunner().invoke(main, ["tile", str(root), "--out", str(tmp_path / "out"), "--size", "32",
+                                    "--stride", "16", "--edge", "drop", "--split", "none", "--quiet"])
+    assert res.exit_code == 3, res.output
+    assert f"skipped {root / 'rgbs_colorNormalized' / small}.png: region is 24x20 px, smaller than one 32 px" \
+           in res.output
+    assert "2 images tiled" in res.output and load_manifest(tmp_path / "out")[0]["image_id"].nunique() == 2
 
 
 # ---------------------------------------------------------------- resolution and splits, checked before work

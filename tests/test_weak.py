@@ -45,7 +45,8 @@ def test_grid_from_manifest_equals_cell_labels(tmp_path):
     codes[:5, :3] = 2  # a sliver across cells
     io.write_png(tmp_path / "r.png", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     io.write_png(tmp_path / "m.png", codes)
-    df = tile_image(tmp_path / "r.png", tmp_path / "m.png", scheme, size=16, stride=16, edge="pad", min_roi=0.0)
+    df = tile_image(tmp_path / "r.png", tmp_path / "m.png", scheme, size=16, stride=16, edge="pad", min_roi=0.0,
+                    mpp=0.25)
     grids = labelgrid.grids_from_manifest(df, scheme)
     expected = labelgrid.cell_labels(scheme.apply(codes), 16, 3, threshold=0.05)
     assert list(grids) == [str((tmp_path / "r.png").resolve())]
@@ -56,6 +57,6 @@ def test_grid_from_manifest_refuses_overlapping_tiles(tmp_path):
     scheme = ClassScheme("a", (ClassDef("a", (1, 2, 3), (1,)),))
     io.write_png(tmp_path / "r.png", np.zeros((32, 32, 3), np.uint8))
     io.write_png(tmp_path / "m.png", np.ones((32, 32), np.uint8))
-    df = tile_image(tmp_path / "r.png", tmp_path / "m.png", scheme, size=16, stride=8)
+    df = tile_image(tmp_path / "r.png", tmp_path / "m.png", scheme, size=16, stride=8, mpp=0.25)
     with pytest.raises(ValueError, match="grid"):
         labelgrid.grids_from_manifest(df, scheme)

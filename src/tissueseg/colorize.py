@@ -78,9 +78,6 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, scheme: ClassScheme, alpha: flo
 
 def legend(scheme: ClassScheme, present: Sequence[int] | None = None) -> Image.Image:
     """Swatches and names of the ``present`` classes (all when None), then the ignore entry."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 

@@ -29,8 +29,11 @@ scheme and parameters (:mod:`tissueseg.fingerprint`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import logging
 import math
+import os
 import queue
 import shutil
 import sys
@@ -38,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -48,7 +51,7 @@ from tqdm.auto import tqdm
 
 from . import export, fingerprint, io
 from .batch import BatchResult, run_batch
-from .schemes import IGNORE, ClassScheme
+from .schemes import IGNORE, ClassScheme, scheme_from_dict
 from .slide import SlideReader, open_image, plan_read, read_at, require_mpp, target_size, tissue_mask
 
 THUMB_MAX = 2048
@@ -58,6 +61,8 @@ QUEUE_BATCHES = 3
 CHUNK_WIDTH = 2048
 REGION_PNG_MAX = 2**28
 """One-level inputs up to this many pixels also get ``labels.png`` at their own size."""
+
+log = logging.getLogger(__name__)
 
 
 class PredictorLike(Protocol):
@@ -493,17 +498,74 @@ def _open_stores(dest: Path, grid: Grid, num_classes: int, probabilities: bool,
 
 
 def predict_files(
-    predictor: PredictorLike,
+    model: PredictorLike | str | Path,
     paths: Sequence[str | Path],
     out: str | Path,
     *,
     workers: int = 1,
     scheduler: str | None = None,
+    device: str | torch.device = "auto",
+    scheme: ClassScheme | None = None,
     quiet: bool = False,
     **kwargs: Any,
 ) -> BatchResult[PredictionResult]:
-    """:func:`predict_image` on every input; bad inputs are skipped and reported."""
+    """:func:`predict_image` on every input; bad inputs are skipped and reported.
+
+    Inputs whose outputs would share a folder (one file stem) are refused before any work.
+    ``model`` is a checkpoint path or a loaded predictor. With ``workers > 1`` or a Dask
+    ``scheduler`` it must be a path: the tasks carry the path, never the weights, and each
+    worker process loads the model once (on ``device``) for all its inputs; this process
+    loads nothing onto a device. ``scheme`` gives the outputs other class names and
+    colours (same number of classes as the model).
+    """
+    fingerprint.unique_stems(paths)
     io.check_output_dir(out)
-    fn = partial(predict_image, predictor, out_dir=out, quiet=quiet or workers > 1 or scheduler is not None, **kwargs)
+    pool = workers > 1 or scheduler is not None
+    settings = dict(out_dir=out, device=device, quiet=quiet or pool, **kwargs)
+    if pool:
+        if not isinstance(model, (str, Path)):
+            raise ValueError("predicting with several workers needs the checkpoint path, not a loaded model")
+        from .checkpoint import read_checkpoint
+
+        _check_scheme(scheme, scheme_from_dict(read_checkpoint(model)["scheme"]).num_classes)  # fail once, here
+        fn: Callable[[Path], PredictionResult] = partial(
+            _predict_in_worker, str(Path(model).resolve()), scheme=scheme, **settings)
+    else:
+        if isinstance(model, (str, Path)):
+            from .checkpoint import load_predictor
+
+            model = load_predictor(model, resolve_device(device))
+        fn = partial(predict_image, _with_scheme(model, scheme), **settings)
     return run_batch(fn, [Path(p) for p in paths], workers=workers, scheduler=scheduler, desc="predict",
                      quiet=quiet or len(paths) < 2)
+
+
+def _check_scheme(scheme: ClassScheme | None, num_classes: int) -> None:
+    if scheme is not None and scheme.num_classes != num_classes:
+        raise ValueError(f"scheme {scheme.name!r} has {scheme.num_classes} classes, the model {num_classes}")
+
+
+def _with_scheme(predictor: PredictorLike, scheme: ClassScheme | None) -> PredictorLike:
+    """``predictor`` with ``scheme``'s names and colours (a shallow copy: the model is shared)."""
+    if scheme is None:
+        return predictor
+    _check_scheme(scheme, predictor.scheme.num_classes)
+    renamed = copy.copy(predictor)
+    renamed.scheme = scheme
+    return renamed
+
+
+@lru_cache(maxsize=1)
+def _worker_predictor(checkpoint: str, mtime_ns: int, device: str) -> PredictorLike:
+    """The model of a worker process, loaded on its first input and kept for the next ones."""
+    from .checkpoint import load_predictor
+
+    predictor = load_predictor(checkpoint, resolve_device(device))
+    log.debug("loaded %s on %s in process %d", checkpoint, device, os.getpid())
+    return predictor
+
+
+def _predict_in_worker(checkpoint: str, path: Path, *, device: str | torch.device, scheme: ClassScheme | None,
+                       **kwargs: Any) -> PredictionResult:
+    predictor = _worker_predictor(checkpoint, Path(checkpoint).stat().st_mtime_ns, str(device))
+    return predict_image(_with_scheme(predictor, scheme), path, device=device, **kwargs)

@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-Image.MAX_IMAGE_PIXELS = None  # BCSS regions and slides are legitimately huge
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PNG_COMPRESS_LEVEL = 1  # 3x faster than the default for +3% size
+MAX_PIXELS = 2**32
+"""Largest image our readers decode (PIL's own guard stops at 179 Mpx; BCSS regions can be larger)."""
+
+log = logging.getLogger(__name__)
+_pil_guard_lock = threading.Lock()
+_pil_guard_users = 0
+_pil_guard_saved: int | None = None
 
 
 class InputError(Exception):
@@ -31,12 +39,42 @@ class InputError(Exception):
         self.problem = problem
 
 
+@contextlib.contextmanager
+def _huge_images_allowed() -> Iterator[None]:
+    """Lift PIL's decompression-bomb guard for our own reads only (:data:`MAX_PIXELS` applies).
+
+    PIL reads its limit from a module global; it is lifted while at least one of our reads
+    runs and restored when the last one ends, so other code keeps PIL's guard.
+    """
+    global _pil_guard_users, _pil_guard_saved
+    with _pil_guard_lock:
+        if _pil_guard_users == 0:
+            _pil_guard_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pil_guard_users += 1
+    try:
+        yield
+    finally:
+        with _pil_guard_lock:
+            _pil_guard_users -= 1
+            if _pil_guard_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pil_guard_saved
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    if size[0] * size[1] > MAX_PIXELS:
+        raise InputError(path, f"{size[0]}x{size[1]} px is more than tissueseg reads ({MAX_PIXELS} px); "
+                               "convert it to a tiled pyramidal TIFF")
+
+
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise InputError(path, "no such file")
     try:
-        img = Image.open(path)
-        img.load()
+        with _huge_images_allowed():
+            img = Image.open(path)
+            _check_pixels(path, img.size)
+            img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(path, f"cannot decode image ({exc.__class__.__name__}: {exc})") from None
     return img
@@ -65,13 +103,27 @@ def to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An RGB region image as ``(H, W, 3)`` uint8."""
+    """An H&E image as ``(H, W, 3)`` uint8 RGB; a warning (logging) names a file that is not
+    plain RGB (alpha, 16-bit, palette, ... converted) or is greyscale."""
     path = Path(path)
     img = _open(path)
     arr = to_rgb(img)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise InputError(path, f"expected an RGB image, got shape {arr.shape}")
+    problems = [] if img.mode == "RGB" else [f"mode {img.mode} converted to RGB"]
+    if _greyscale(arr):
+        problems.append("greyscale (all three channels equal)")
+    if problems:
+        log.warning("%s: read as H&E but %s", path, "; ".join(problems))
     return arr
+
+
+def _greyscale(rgb: np.ndarray, rows: int = 1024) -> bool:
+    """All three channels equal (a sparse look first: H&E fails it at once)."""
+    def equal(a: np.ndarray) -> bool:
+        return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+
+    return equal(rgb[::16, ::16]) and all(equal(rgb[y : y + rows]) for y in range(0, rgb.shape[0], rows))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -100,7 +152,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if not path.is_file():
         raise InputError(path, "no such file")
     try:
-        with Image.open(path) as img:
+        with _huge_images_allowed(), Image.open(path) as img:
             return img.size
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(path, f"cannot read image header ({exc})") from None
@@ -139,22 +191,69 @@ def _new_temp(path: Path) -> Path:
 
 def write_png(path: str | Path, img: np.ndarray | Image.Image, palette: list[int] | None = None,
               text: Mapping[str, str] | None = None) -> Path:
-    """Write a PNG atomically (fast compression). ``palette`` makes a mode-P image; ``text``
-    goes into PNG text chunks (read back with :func:`png_text`)."""
+    """Write a PNG atomically (see :func:`encode_png`); ``text`` goes into PNG text chunks
+    (read back with :func:`png_text`)."""
+    try:
+        data = encode_png(img, palette, text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def encode_png(img: np.ndarray | Image.Image, palette: list[int] | None = None,
+               text: Mapping[str, str] | None = None) -> bytes:
+    """PNG bytes at the fast compression level. ``palette`` makes a mode-P image of a
+    single-channel uint8 label map; ``text`` adds PNG text chunks.
+
+    uint8 arrays (and L, RGB, RGBA images) go through OpenCV, whose encoder releases the GIL
+    (threads encode in parallel): one channel is taken for labels (no filter, run-length
+    matches), three or four for photographs (average filter, Huffman coding only: 3x faster
+    than PIL's adaptive filtering and no larger). Palette images, images with text and other
+    images go through PIL.
+    """
     from PIL.PngImagePlugin import PngInfo
 
-    pil = img if isinstance(img, Image.Image) else Image.fromarray(np.ascontiguousarray(img))
+    arrays = ("L", "P") if palette is not None else ("L", "RGB", "RGBA")  # a P image keeps its palette
+    arr = np.asarray(img) if isinstance(img, Image.Image) and img.mode in arrays else img
+    is_uint8 = isinstance(arr, np.ndarray) and arr.dtype == np.uint8
     if palette is not None:
-        if pil.mode not in ("L", "P"):
-            raise ValueError(f"{path}: a palette PNG needs a single-channel uint8 label map")
-        pil = Image.frombytes("P", pil.size, pil.tobytes())
+        if not (is_uint8 and arr.ndim == 2):
+            raise ValueError("a palette PNG needs a single-channel uint8 label map")
+        pil = Image.frombytes("P", (arr.shape[1], arr.shape[0]), np.ascontiguousarray(arr).tobytes())
         pil.putpalette(palette)
+    elif not text and is_uint8 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        return _encode_cv2(arr)
+    else:
+        pil = img if isinstance(img, Image.Image) else Image.fromarray(np.ascontiguousarray(img))
     info = PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, v)
-    with atomic_path(path) as tmp:
-        pil.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=info)
-    return Path(path)
+    buf = BytesIO()
+    pil.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=info)
+    return buf.getvalue()
+
+
+def _encode_cv2(arr: np.ndarray) -> bytes:
+    import cv2
+
+    params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL]
+    if arr.ndim == 2:
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
+                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+        if arr.strides[1] != 1:
+            arr = np.ascontiguousarray(arr)
+    else:
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG,
+                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+        if arr.strides[2] != 1 or arr.strides[1] != arr.shape[2]:
+            arr = np.ascontiguousarray(arr)
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", arr, params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {arr.shape} {arr.dtype} image as PNG")
+    return buf.tobytes()
 
 
 def png_text(path: str | Path) -> dict[str, str]:

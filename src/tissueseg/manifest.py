@@ -13,6 +13,7 @@ import functools
 import json
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import io
-from .batch import run_batch
-from .colorize import colorize
+from .batch import run_batch, thread_budget
 from .schemes import IGNORE, ClassScheme
 from .slide import image_mpp
 from .splits import SplitMethod, assign_splits, check_split, parse_bcss_name
@@ -84,12 +84,23 @@ def _crop(arr: np.ndarray, x: int, y: int, size: int, fill: int) -> np.ndarray:
 
 def _write_patches(image: np.ndarray, labels: np.ndarray, corners: np.ndarray, size: int, stem: str,
                    scheme: ClassScheme, patches_out: Path) -> None:
-    for x, y in corners.tolist():
+    """Each patch's image, mask and palette PNGs, encoded by a pool of threads (the PNG
+    encoders release the GIL) as large as this process's share of the cores."""
+    palette = scheme.palette()
+    for d in PATCH_DIRS:
+        (patches_out / d).mkdir(parents=True, exist_ok=True)
+
+    def write(corner: list[int]) -> None:
+        x, y = corner
         name = f"{stem}_x{x}_y{y}.png"
         crop = _crop(labels, x, y, size, IGNORE)
         io.write_png(patches_out / "images" / name, _crop(image, x, y, size, IMAGE_FILL))
         io.write_png(patches_out / "masks" / name, crop)
-        io.write_png(patches_out / "palette" / name, colorize(crop, scheme))
+        io.write_png(patches_out / "palette" / name, crop, palette=palette)
+
+    with ThreadPoolExecutor(thread_budget()) as pool:
+        for _ in pool.map(write, corners.tolist()):
+            pass
 
 
 def tile_image(
@@ -115,7 +126,8 @@ def tile_image(
     ``<image id>_x<X>_y<Y>.png`` under ``images/`` (RGB, white past the border), ``masks/``
     (class indices after the scheme, 255 ignore) and ``palette/`` (the same in colour).
     Raises :class:`~tissueseg.io.InputError` for unreadable files, codes outside the
-    scheme, or an image and mask of different sizes.
+    scheme, an image and mask of different sizes, or a region that gives no patch (smaller
+    than one patch, or no patch with ``min_roi`` labelled pixels).
     """
     image_path, mask_path = Path(image_path).resolve(), Path(mask_path).resolve()
     mpp = mpp or image_mpp(image_path)
@@ -135,6 +147,8 @@ def tile_image(
     fractions = patch_fractions(labels, corners, size, scheme.num_classes)
     roi = 1.0 - fractions[:, -1]
     keep = roi >= min_roi
+    if not keep.any():
+        raise io.InputError(image_path, _why_no_patch(labels.shape, len(corners), size, edge, min_roi))
     corners, fractions, roi = corners[keep], fractions[keep], roi[keep]
     present = image_labels(fractions, label_threshold).astype(np.uint8)
     stem = image_path.stem
@@ -153,6 +167,17 @@ def tile_image(
     if patches_out is not None:
         _write_patches(image, labels, corners, size, stem, scheme, patches_out)
     return pd.DataFrame(columns, index=pd.RangeIndex(n))
+
+
+def _why_no_patch(shape: tuple[int, int], windows: int, size: int, edge: Edge, min_roi: float) -> str:
+    height, width = shape
+    if height < size or width < size:
+        why = (f"region is {width}x{height} px, smaller than one {size} px patch: "
+               + ("edge drop keeps no partial patch" if edge == "drop"
+                  else f"the padded patch has under {min_roi:g} of its pixels labelled (min_roi)"))
+    else:
+        why = f"none of its {windows} patches has {min_roi:g} of its pixels labelled (min_roi)"
+    return why + "; no patch"
 
 
 @dataclass

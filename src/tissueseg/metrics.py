@@ -130,10 +130,7 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: str | Path,
                    normalize: Literal["true", "pred"] | None = "true") -> Path:
     """A PNG heatmap of the confusion matrix with values (rows normalised by default);
     a ``(K, K + 1)`` matrix shows its last column as "no prediction"."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cm = np.asarray(cm, dtype=np.float64)
     if normalize == "true":
@@ -145,7 +142,8 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: str | Path,
     k = len(names)
     columns = [*names, "no prediction"][: cm.shape[1]]
     size = max(4.0, 0.55 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig = Figure(figsize=(size, size * 0.9))
+    ax = fig.add_subplot()
     ax.imshow(np.nan_to_num(shown), cmap="Blues", vmin=0, vmax=1 if normalize else None)
     ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=8)
     ax.set_yticks(range(k), names, fontsize=8)
@@ -162,7 +160,6 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: str | Path,
     fig.tight_layout()
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
     return Path(path)
 
 

@@ -233,9 +233,6 @@ def plot_proportions(
     Every bar carries its percentage, so tiny classes stay legible; ``log`` uses a log x
     axis. Classes with no pixels are listed in the caption instead of drawn.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     proportions = np.asarray(proportions, dtype=np.float64)

@@ -274,12 +274,10 @@ def evaluate(
 
 def plot_curves(history: pd.DataFrame, path: Path) -> Path:
     """Training loss and val mIoU against the step, written atomically as a PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    fig = Figure(figsize=(10, 3.6))
+    ax1, ax2 = fig.subplots(1, 2, sharex=True)
     ax1.plot(history["step"], history["train_loss"], label="train")
     val = history.dropna(subset=["val_miou"])
     if val["val_loss"].notna().any():
@@ -293,7 +291,6 @@ def plot_curves(history: pd.DataFrame, path: Path) -> Path:
     fig.tight_layout()
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from .common import EXIT_STATUS_HELP, configure_logging
+
 COMMANDS: dict[str, str] = {
     "synth": "Generate H&E regions with known masks (and pyramidal slides).",
     "colorize": "Label masks to palette PNGs, overlays and a legend.",
@@ -48,11 +50,15 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_STATUS_HELP)
 @click.version_option(package_name="tissueseg")
-def main() -> None:
+@click.option("--verbose", "-v", count=True, help="More messages on stderr: -v progress notes, -vv debugging.")
+def main(verbose: int) -> None:
     """Semantic segmentation of tissue in H&E histopathology (BCSS and your own data).
 
     Every step is a command and a Python function: synth -> stats/colorize -> tile ->
-    train -> predict -> evaluate; `demo` and `run` chain them.
+    train -> predict -> evaluate; `demo` and `run` chain them. Warnings (a greyscale
+    image read as H&E, ...) go to stderr.
     """
+    click.get_current_context().call_on_close(configure_logging(verbose))

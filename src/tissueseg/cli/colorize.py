@@ -46,4 +46,4 @@ def command(masks: tuple[Path, ...], out: Path, images: Path | None, alpha: floa
         "legend": str(out / "legend.png") if result.results else None,
     }
     common.emit(summary, as_json, result.summary("masks") + f" ({written} written, {summary['kept']} already there)"
-                + f"\noutputs in {out}")
+                + f"\noutputs in {out}", skipped=len(result.skipped))

@@ -1,8 +1,10 @@
-"""Options and output helpers shared by every command."""
+"""Options, output helpers and exit statuses shared by every command."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,43 @@ import click
 from ..io import InputError, _json_default
 
 F = Callable[..., Any]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # click's own status for bad options and arguments
+EXIT_SKIPPED = 3
+EXIT_INTERRUPTED = 130
+EXIT_STATUS_HELP = (f"Exit status: {EXIT_OK} done; {EXIT_ERROR} error (a one-line message on stderr); "
+                    f"{EXIT_USAGE} bad command line; {EXIT_SKIPPED} finished, but some inputs were skipped (listed "
+                    f"in the summary); {EXIT_INTERRUPTED} interrupted (rerun the command to resume).")
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as ``level: message`` lines on the current stderr (click's, so tests see them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+def configure_logging(verbose: int) -> Callable[[], None]:
+    """Warnings of the ``tissueseg`` loggers on stderr; ``-v`` adds info, ``-vv`` debug.
+
+    Returns the function that puts the logger back as it was (run when the command ends).
+    """
+    logger = logging.getLogger("tissueseg")
+    level, handler = logger.level, _EchoHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.setLevel(logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+    logger.addHandler(handler)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return restore
 
 
 def out_option(required: bool = True, default: str | None = None) -> Callable[[F], F]:
@@ -40,23 +79,26 @@ overwrite_option = click.option("--overwrite", is_flag=True, help="Replace exist
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 
 
-def emit(summary: dict[str, Any], as_json: bool, text: str) -> None:
-    """Print the summary as JSON (stdout) or as human text."""
+def emit(summary: dict[str, Any], as_json: bool, text: str, skipped: int = 0) -> None:
+    """Print the summary as JSON (stdout) or as human text; with ``skipped`` inputs, end the
+    command with :data:`EXIT_SKIPPED`."""
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=_json_default))
     else:
         click.echo(text)
+    if skipped:
+        sys.exit(EXIT_SKIPPED)
 
 
 def fail(message: str) -> None:
-    """Stop with a one-line error on stderr and exit status 1."""
+    """Stop with a one-line error on stderr and :data:`EXIT_ERROR`."""
     click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(EXIT_ERROR)
 
 
 def guard(fn: F) -> F:
-    """Turn expected input errors into a one-line message and exit status 1."""
-    import functools
+    """Expected input errors end in a one-line message and :data:`EXIT_ERROR`, Ctrl-C in
+    :data:`EXIT_INTERRUPTED`."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -64,6 +106,9 @@ def guard(fn: F) -> F:
             return fn(*args, **kwargs)
         except (InputError, ValueError, FileExistsError) as exc:
             fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun the same command to resume", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 

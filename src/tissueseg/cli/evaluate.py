@@ -25,6 +25,11 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _skipped(result: dict) -> int:
+    """Predictions not scored: unreadable pairs and predictions without truth."""
+    return len(result["skipped"]) + len(result["unmatched_predictions"])
+
+
 @click.command(epilog="""\b
 Example:
   tissueseg evaluate runs/pred --truth data/masks --out runs/eval
@@ -66,4 +71,4 @@ def command(pred_dir: Path, truth_dir: Path, out: Path, scheme: str | None, trut
         text = f"already evaluated (same predictions, truth and options): {out / 'metrics.json'}\n" + _table(result)
     else:
         text = _table(result) + f"\nwrote {', '.join(str(p) for p in files)}"
-    common.emit(metrics.json_safe(result), as_json, text)
+    common.emit(metrics.json_safe(result), as_json, text, skipped=_skipped(result))

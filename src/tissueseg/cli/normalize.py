@@ -39,4 +39,4 @@ def command(images: tuple[Path, ...], reference: Path, method: str, out: Path, w
     summary = {"method": method, "reference": str(reference), "out": str(out), "counts": dict(counts),
                "results": batch.ok, "skipped": [reason for _, reason in batch.skipped]}
     text = batch.summary("images") + "".join(f"\n  {n} {status}" for status, n in sorted(counts.items()))
-    common.emit(summary, as_json, text)
+    common.emit(summary, as_json, text, skipped=len(batch.skipped))

@@ -50,26 +50,16 @@ def command(inputs: tuple[Path, ...], model_path: Path, out: Path, scheme: str |
     (an interrupted one resumes); one made otherwise is skipped unless --overwrite. Two
     inputs with the same file stem are refused.
     """
-    from ..checkpoint import load_predictor
-    from ..fingerprint import unique_stems
-    from ..infer import predict_files, resolve_device
+    from ..infer import predict_files
     from ..io import list_images
     from ..schemes import load_scheme
 
-    predictor = load_predictor(model_path, resolve_device(device))
-    if scheme is not None:
-        chosen = load_scheme(scheme)
-        if chosen.num_classes != predictor.scheme.num_classes:
-            raise ValueError(f"scheme {chosen.name!r} has {chosen.num_classes} classes, the model "
-                             f"{predictor.scheme.num_classes}")
-        predictor.scheme = chosen
     files = list_images(inputs, suffixes=SLIDE_SUFFIXES)
-    unique_stems(files)
     result = predict_files(
-        predictor, files, out, workers=workers, scheduler=scheduler, quiet=quiet, mpp=mpp, target_mpp=target_mpp,
+        model_path, files, out, workers=workers, scheduler=scheduler, quiet=quiet, mpp=mpp, target_mpp=target_mpp,
         window=window, overlap=overlap, batch_size=batch_size, probabilities=probabilities,
         tissue={"auto": "auto", "on": True, "off": False}[tissue],
-        device=device, overwrite=overwrite,
+        device=device, scheme=load_scheme(scheme) if scheme else None, overwrite=overwrite,
     )
     if not result.ok:
         raise ValueError("nothing predicted: " + "; ".join(reason for _, reason in result.skipped))
@@ -82,4 +72,4 @@ def command(inputs: tuple[Path, ...], model_path: Path, out: Path, scheme: str |
         lines.append(f"{Path(r.path).name[:32]:<32} {size:>13} {r.megapixels:>7.2f} {r.seconds:>7.1f} {rate:>6}  {areas}")
     lines.append(result.summary("images"))
     common.emit({"out": str(out), "results": rows, "skipped": [{"input": i, "reason": why} for i, why in result.skipped]},
-                as_json, "\n".join(lines))
+                as_json, "\n".join(lines), skipped=len(result.skipped))

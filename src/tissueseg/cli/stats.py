@@ -42,4 +42,4 @@ def command(masks: tuple[Path, ...], out: Path, scheme: str, workers: int, sched
     n_skip = len(result.skipped)
     lines.append(f"{len(result.per_image)} masks counted, {n_skip} skipped"
                  + "".join(f"\n  skipped {r}" for _, r in result.skipped) + f"\noutputs in {out}")
-    common.emit(result.to_json(), as_json, "\n".join(lines))
+    common.emit(result.to_json(), as_json, "\n".join(lines), skipped=n_skip)

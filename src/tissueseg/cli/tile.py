@@ -91,9 +91,10 @@ def command(datasets: tuple[Path, ...], images: Path | None, masks: Path | None,
     lines += [f"  skipped {reason}" for _, reason in result.skipped]
     lines += [f"  unmatched {f}: {p}" for f, p in unmatched]
     lines.append(f"manifest: {result.manifest}" if result.manifest else "no manifest written: no image was tiled")
-    common.emit(summary, as_json, "\n".join(lines))
     if result.manifest is None:
-        sys.exit(1)
+        common.emit(summary, as_json, "\n".join(lines))
+        sys.exit(common.EXIT_ERROR)
+    common.emit(summary, as_json, "\n".join(lines), skipped=len(result.skipped) + len(unmatched))
 
 
 def _read_layout(datasets: tuple[Path, ...], layout: str, out: Path, mpp: float | None, overwrite: bool,
