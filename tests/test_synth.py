@@ -138,7 +138,7 @@ def test_make_dataset_writes_bcss_layout_and_resumes(tmp_path):
         assert m, rgb_path.stem
         sites.append(m.group(1))
         assert Image.open(mask_path).mode == "L"
-        rgb, mask = synth.make_region((192, 192), synth._region_seed(7, i))
+        rgb, mask = synth.make_region((192, 192), synth.region_seed(7, i))
         assert np.array_equal(read_mask(mask_path), mask)
         assert np.array_equal(read_image(rgb_path), rgb)
     assert set(sites) & set(synth.TEST_SITES) and set(sites) & set(synth.TRAIN_SITES)
