@@ -29,10 +29,8 @@ def hash_uniform(ix: np.ndarray, iy: np.ndarray, key: int, n: int) -> np.ndarray
 
 
 def hash_key(seed: int, salt: int) -> int:
+    """A 48-bit hashing key for one random family (``salt``) of an image or slide (``seed``)."""
     return (int(seed) * 1_000_003 + salt * 7919) & 0xFFFFFFFFFFFF
-
-
-# ----------------------------------------------------------------------------- geometry
 
 
 @dataclass(frozen=True)
@@ -99,6 +97,7 @@ def linear_wave(rng: np.random.Generator, k: float) -> np.ndarray:
 
 
 def wave_grad(waves: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient (d/dx, d/dy) of the wave sum at points ``(x, y)`` in µm."""
     c = np.cos(np.outer(x, waves[:, 1]) + np.outer(y, waves[:, 2]) + waves[:, 3])
     return c @ (waves[:, 0] * waves[:, 1]), c @ (waves[:, 0] * waves[:, 2])
 

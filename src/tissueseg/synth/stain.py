@@ -27,8 +27,12 @@ class Stain:
     seed: int
 
 
-H_REF = np.array([0.5626, 0.7201, 0.4062])
-E_REF = np.array([0.2159, 0.8012, 0.5581])
+H_REF = np.array([0.612, 0.690, 0.386])
+E_REF = np.array([0.190, 0.890, 0.420])
+"""Haematoxylin and eosin OD vectors of BCSS's colour-normalised regions (Macenko on
+slides TCGA-A1-A0SP and TCGA-EW-A1PB; see docs/synthetic-data.md)."""
+GLASS_OD = np.array([0.028, 0.075, 0.044])
+"""OD of bare glass in BCSS regions (RGB about 248, 236, 244: slightly pink)."""
 INK = np.array([0.55, 0.25, 0.12])  # blue-green pen ink OD
 
 
@@ -41,9 +45,9 @@ def draw_stain(seed: int) -> Stain:
         return v / np.linalg.norm(v)
 
     return Stain(
-        h=vec(H_REF, 0.06) * rng.uniform(0.8, 1.2),
-        e=vec(E_REF, 0.08) * rng.uniform(0.75, 1.25),
-        residual=rng.uniform(0.015, 0.05, 3),
+        h=vec(H_REF, 0.03) * rng.uniform(0.85, 1.15),
+        e=vec(E_REF, 0.03) * rng.uniform(0.85, 1.15),
+        residual=GLASS_OD * rng.uniform(0.6, 1.4, 3),
         fibres=np.concatenate([linear_wave(rng, 2 * np.pi / FIBRE_PERIOD_UM),
                                random_waves(rng, 5, (150.0, 700.0), np.pi / FIBRE_PERIOD_UM)]),
         bundles=np.stack([rng.uniform(0.3, 0.7, 4), rng.uniform(0.5, 2.2, 4), rng.uniform(0, 6.3, 4)], axis=1),
@@ -56,7 +60,7 @@ def to_rgb(dh: np.ndarray, de: np.ndarray, ink: np.ndarray, win: Window, st: Sta
     """Beer-Lambert composition, slow stain unevenness, optical blur and sensor noise."""
     rng = np.random.default_rng([st.seed, win.x0 & 0xFFFFFFFF, win.y0 & 0xFFFFFFFF, 7])
     uneven = 1 + sin_field(win, st.uneven)
-    sigma = 0.3 / win.mpp  # optics: blur is linear, so blur the densities
+    sigma = 0.4 / win.mpp  # optics: blur is linear, so blur the densities
     maps = [dh * uneven, de * uneven] + ([ink] if ink.any() else [])
     if sigma >= 0.3:
         maps = [cv2.GaussianBlur(m, (0, 0), sigma) for m in maps]

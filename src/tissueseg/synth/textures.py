@@ -46,7 +46,10 @@ STAND_IN_LUT.setflags(write=False)
 
 @dataclass(frozen=True)
 class _Blobs:
-    """A family of blob-shaped objects (nuclei, red cells, debris) on a jittered grid."""
+    """A family of blob-shaped objects (nuclei, red cells, debris) on a jittered grid.
+
+    Families with the same ``salt`` and ``cell_um`` share their centres (nucleoli sit in
+    their nuclei)."""
 
     salt: int
     cell_um: float  # grid spacing: one candidate per cell
@@ -56,17 +59,27 @@ class _Blobs:
     irregular: float  # radial wobble (pleomorphism)
     density: tuple[float, float]  # stain density range
     oriented: bool = False  # major axis along the stroma fibres
+    rim: float = 0.0  # relative extra density of the outline (nuclear membrane)
+    pallor: float = 0.0  # relative loss of density in the centre (vesicular chromatin, red cells)
 
 
-NUCLEI = {
-    1: _Blobs(1, 9.0, 1.0, (3.6, 6.0), (0.55, 0.95), 0.16, (0.7, 1.3)),
-    2: _Blobs(2, 20.0, 0.55, (5.0, 8.5), (0.18, 0.32), 0.05, (0.9, 1.3), oriented=True),
-    3: _Blobs(3, 6.6, 0.92, (2.4, 3.3), (0.8, 1.0), 0.06, (1.3, 1.8)),
-    4: _Blobs(4, 5.0, 0.3, (0.5, 1.5), (0.4, 1.0), 0.35, (0.45, 0.9)),
-    6: _Blobs(6, 8.0, 0.12, (2.5, 3.2), (0.8, 1.0), 0.05, (1.2, 1.6)),  # a few leukocytes
-    7: _Blobs(7, 14.0, 0.5, (3.0, 5.0), (0.5, 0.9), 0.1, (0.5, 0.8)),
+# Sizes, densities and counts follow the real BCSS statistics in docs/synthetic-data.md.
+NUCLEI: dict[int, tuple[_Blobs, ...]] = {
+    1: (_Blobs(1, 10.0, 1.0, (4.0, 6.5), (0.6, 0.95), 0.14, (0.95, 1.35), rim=0.3, pallor=0.15),
+        _Blobs(1, 10.0, 0.6, (0.6, 1.0), (0.8, 1.0), 0.1, (1.7, 2.1))),  # nucleoli
+    2: (_Blobs(2, 16.0, 0.5, (4.0, 7.0), (0.2, 0.35), 0.05, (1.1, 1.6), oriented=True),),
+    3: (_Blobs(3, 6.8, 0.9, (2.3, 3.2), (0.8, 1.0), 0.06, (1.9, 2.5)),),
+    4: (_Blobs(4, 10.0, 0.35, (1.8, 3.2), (0.8, 1.0), 0.08, (2.0, 2.5)),  # pyknotic nuclei
+        _Blobs(18, 6.0, 0.25, (0.5, 1.2), (0.4, 1.0), 0.35, (1.0, 1.8))),  # karyorrhectic fragments
+    6: (_Blobs(6, 8.0, 0.12, (2.5, 3.2), (0.8, 1.0), 0.05, (1.2, 1.6)),),  # a few leukocytes
+    7: (_Blobs(7, 14.0, 0.5, (3.0, 5.0), (0.5, 0.9), 0.1, (0.5, 0.8)),),
 }
-RED_CELLS = _Blobs(16, 6.2, 0.85, (3.2, 3.9), (0.75, 1.0), 0.04, (1.0, 1.4))
+"""Haematoxylin blobs of each textured code (nuclei and nuclear debris)."""
+EOSIN_BLOBS: dict[int, tuple[_Blobs, ...]] = {
+    4: (_Blobs(17, 7.0, 0.95, (3.4, 4.8), (0.7, 1.0), 0.15, (0.75, 1.15), rim=-0.4),),  # ghost cells
+    6: (_Blobs(16, 6.2, 0.85, (3.2, 3.9), (0.75, 1.0), 0.04, (1.0, 1.4), pallor=0.3),),  # red cells
+}
+"""Eosin blobs of each textured code (anucleate ghost cells, red cells)."""
 FAT_CELL_UM = 70.0
 MARGIN_UM = 12.0  # blobs reach at most this far from their centres (plus blur)
 
@@ -74,10 +87,10 @@ MARGIN_UM = 12.0  # blobs reach at most this far from their centres (plus blur)
 # mottle and the fine grain modulate H and E (relative), and the pen-ink density
 _TEXTURE = {  # code: (bh, be, mottle_h, grain_h, mottle_e, grain_e, ink)
     0: (0.0, 0.006, 0.0, 0.0, 0.0, 0.8, 0.0),
-    1: (0.16, 0.32, 0.1, 0.3, 0.25, 0.12, 0.0),
-    2: (0.09, 0.14, 0.0, 0.2, 0.2, 0.2, 0.0),
-    3: (0.08, 0.22, 0.1, 0.2, 0.1, 0.3, 0.0),
-    4: (0.025, 0.28, 0.6, 0.3, 0.35, 0.3, 0.0),
+    1: (0.35, 0.5, 0.15, 0.3, 0.25, 0.15, 0.0),
+    2: (0.1, 0.3, 0.0, 0.2, 0.3, 0.2, 0.0),
+    3: (0.12, 0.45, 0.1, 0.2, 0.1, 0.3, 0.0),
+    4: (0.05, 0.12, 0.6, 0.3, 0.5, 0.3, 0.0),
     6: (0.0, 0.45, 0.0, 0.0, 0.1, 0.2, 0.0),
     7: (0.3, 0.45, 0.3, 0.0, 0.3, 0.0, 0.6),
     9: (0.0, 0.02, 0.0, 0.0, 0.0, 0.3, 0.0),
@@ -86,14 +99,16 @@ _TEXTURE_LUT = np.zeros((7, 256), np.float32)  # one contiguous look-up table pe
 for _code, _row in _TEXTURE.items():
     _TEXTURE_LUT[:, _code] = _row
 _TEXTURE_LUT.setflags(write=False)
+_FIBRE_GAIN = 0.9  # eosin density of a collagen fibre at its crest
 
-def _draw_blobs(canvas: np.ndarray, codes: np.ndarray, code: int, b: _Blobs, win: Window, st: Stain,
-                rim: float = 0.0, pallor: float = 0.0) -> None:
+
+def _draw_blobs(canvas: np.ndarray, codes: np.ndarray, code: int, b: _Blobs, win: Window, st: Stain) -> None:
     """Draw the blobs of class ``code`` (centres on pixels of that class) into ``canvas``
-    (uint8, densities x 100), max-blended; optional darker rim and paler centre.
+    (uint8, densities x 100), max-blended, with the family's darker rim and paler centre.
 
     Blobs under a pixel (coarse pyramid levels) are drawn as their mean density instead.
     """
+    rim, pallor = b.rim, b.pallor
     r_mean = (b.radius_um[0] + b.radius_um[1]) / 2
     if r_mean / win.mpp < 1.0:
         cover = min(1.0, b.keep * np.pi * r_mean**2 * sum(b.aspect) / 2 / b.cell_um**2)
@@ -125,19 +140,17 @@ def _draw_blobs(canvas: np.ndarray, codes: np.ndarray, code: int, b: _Blobs, win
     ca, sa = np.cos(ang)[:, None], np.sin(ang)[:, None]
     polys = np.stack([px[:, None] + ca * ex - sa * ey, py[:, None] + sa * ex + ca * ey], axis=-1)
     level = np.clip(np.rint(dens * 6), 1, 15).astype(int)  # densities in steps of 1/6
-    for lv in np.unique(level):
-        sel = level == lv
-        pts = list(np.rint(polys[sel] * 16).astype(np.int32))
-        value = min(255, int(round(lv / 6 * 100)))
-        cv2.fillPoly(canvas, pts, value, cv2.LINE_AA, shift=4)
+    pts = np.rint(polys * 16).astype(np.int32)
+    inner = np.rint((polys - np.stack([px, py], -1)[:, None]) * 0.5 * 16 + np.stack([px, py], -1)[:, None] * 16
+                    ).astype(np.int32)
+    thick = max(1, int(round(0.5 / win.mpp)))
+    for i in np.argsort(level, kind="stable"):  # one polygon per call: overlaps must not cancel (even-odd fill)
+        value = min(255, int(round(level[i] / 6 * 100)))
+        cv2.fillPoly(canvas, [pts[i]], value, cv2.LINE_AA, shift=4)
         if rim:
-            thick = max(1, int(round(0.5 / win.mpp)))
-            cv2.polylines(canvas, pts, True, min(255, int(value * (1 + rim))), thick, cv2.LINE_AA, shift=4)
-    if pallor:
-        inner = np.stack([px[:, None] + (ca * ex - sa * ey) * 0.5, py[:, None] + (sa * ex + ca * ey) * 0.5], -1)
-        cv2.fillPoly(canvas, list(np.rint(inner * 16).astype(np.int32)),
-                     int(100 * b.density[0] * (1 - pallor)), cv2.LINE_AA, shift=4)
-
+            cv2.polylines(canvas, [pts[i]], True, min(255, int(value * (1 + rim))), thick, cv2.LINE_AA, shift=4)
+        if pallor:
+            cv2.fillPoly(canvas, [inner[i]], int(value * (1 - pallor)), cv2.LINE_AA, shift=4)
 
 
 def _fat(win: Window, st: Stain) -> np.ndarray:
@@ -188,18 +201,17 @@ def _densities(codes: np.ndarray, win: Window, st: Stain) -> tuple[np.ndarray, n
             else:
                 fib += a * (0.5 + 0.5 * np.sin(psi * f + phase)) ** 4
         fib *= np.clip(0.65 + 0.45 * mottle[box], 0.1, 1.2) * np.clip(0.85 + 0.3 * grain[box], 0.3, 1.5)
-        de[box] += 0.75 * fib * (codes[box] == 2)
+        de[box] += _FIBRE_GAIN * fib * (codes[box] == 2)
     if 9 in present:  # adipocyte walls
         de += 0.5 * _fat(win, st) * (codes == 9) * np.clip(1 + 0.3 * grain, 0.3, None)
     # nuclei and other blobs, drawn on uint8 canvases (densities x 100)
     canvas_h = np.zeros((h, w), np.uint8)
     canvas_e = np.zeros((h, w), np.uint8)
-    for code, b in NUCLEI.items():
-        if code in present:
-            _draw_blobs(canvas_h, codes, code, b, win, st, rim=0.25 if code == 1 else 0.0)
-    if 6 in present:
-        _draw_blobs(canvas_e, codes, 6, RED_CELLS, win, st, pallor=0.3)
-        de = np.maximum(de, canvas_e.astype(np.float32) / 100)
+    for families, canvas in ((NUCLEI, canvas_h), (EOSIN_BLOBS, canvas_e)):
+        for code in present & families.keys():
+            for b in families[code]:
+                _draw_blobs(canvas, codes, code, b, win, st)
+    de = np.maximum(de, canvas_e.astype(np.float32) / 100)
     nuc = canvas_h.astype(np.float32) / 100
     if 1 in present:  # vesicular chromatin in tumour nuclei
         nuc *= np.where(codes == 1, np.clip(0.8 + 0.35 * grain, 0.3, None), 1)
@@ -210,7 +222,6 @@ def _densities(codes: np.ndarray, win: Window, st: Stain) -> tuple[np.ndarray, n
         dh = np.where(sel, cv2.GaussianBlur(dh, (0, 0), 2.5 * px1), dh)
         de = np.where(sel, cv2.GaussianBlur(de, (0, 0), 2.5 * px1), de)
     return dh, de, ink
-
 
 
 def render_window(codes: np.ndarray, win: Window, st: Stain) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import sys
@@ -13,7 +14,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..batch import run_batch
-from ..io import InputError, atomic_path, read_mask, write_png
+from ..io import InputError, atomic_path, read_mask, write_json, write_png
+from .composite import DEFAULT_TEXTURES, TextureBank, composite_he, resolve_textures
 from .fields import Window
 from .layouts import LAYOUT_STEP, codes_from_fields, layout_from_mask, random_layout, slide_fields
 from .stain import draw_stain
@@ -25,19 +27,24 @@ TEST_SITES = ("OL", "LL", "E2", "EW", "GM", "S3")
 
 
 def make_region(shape: tuple[int, int], seed: int, layout: np.ndarray | None = None,
-                codes: Sequence[int] = (1, 2, 3, 4, 9)) -> tuple[np.ndarray, np.ndarray]:
+                codes: Sequence[int] = (1, 2, 3, 4, 9), textures: str | Path | TextureBank | None = DEFAULT_TEXTURES
+                ) -> tuple[np.ndarray, np.ndarray]:
     """A generated H&E region and its code mask: ``(rgb (H, W, 3), codes (H, W))``.
 
     Without ``layout`` a :func:`random_layout` of ``codes`` is drawn; a given layout must
     have ``shape`` and is rendered as it is (codes with stand-ins keep their code).
+    ``textures``: ``"builtin"`` (real H&E crops where the packaged bank has the class,
+    :func:`~tissueseg.synth.composite.composite_he`), ``"none"`` (procedural only,
+    :func:`render_he`), a texture bank folder or a loaded :class:`TextureBank`.
     """
+    bank = resolve_textures(textures)
     if layout is None:
         layout = random_layout(shape, seed, codes)
     layout = np.asarray(layout)
     if tuple(layout.shape) != (int(shape[0]), int(shape[1])):
         raise ValueError(f"layout shape {layout.shape} does not match shape {tuple(shape)}")
-    return render_he(layout, seed), layout.astype(np.uint8)
-
+    rgb = render_he(layout, seed) if bank is None else composite_he(layout, seed, bank)
+    return rgb, layout.astype(np.uint8)
 
 
 def region_name(seed: int, index: int) -> str:
@@ -57,7 +64,7 @@ def region_seed(seed: int, index: int) -> int:
 
 
 def _write_region(index: int, out: Path, size: tuple[int, int], seed: int, layouts: tuple[Path, ...],
-                  overwrite: bool) -> tuple[Path, Path]:
+                  textures: str, overwrite: bool) -> tuple[Path, Path]:
     name = region_name(seed, index)
     rgb_path = out / "rgbs_colorNormalized" / f"{name}.png"
     mask_path = out / "masks" / f"{name}.png"
@@ -71,23 +78,38 @@ def _write_region(index: int, out: Path, size: tuple[int, int], seed: int, layou
             layout = layout_from_mask(real, crop, rseed)
         except ValueError as exc:
             raise InputError(layouts[index % len(layouts)], str(exc)) from None
-        rgb, mask = make_region(crop, rseed, layout)
+        rgb, mask = make_region(crop, rseed, layout, textures=textures)
     else:
-        rgb, mask = make_region(size, rseed)
+        rgb, mask = make_region(size, rseed, textures=textures)
     write_png(rgb_path, rgb)
     write_png(mask_path, mask)
     return rgb_path, mask_path
 
 
+def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    """Record ``settings`` in ``out/synth.json``; other recorded ones raise unless ``overwrite``."""
+    record = out / "synth.json"
+    if record.is_file() and not overwrite:
+        old = json.loads(record.read_text())
+        changed = sorted(k for k in settings if old.get(k) != settings[k])
+        if changed:
+            raise ValueError(f"{out}: regions there were generated with other {', '.join(changed)} "
+                             f"({', '.join(f'{k}={old.get(k)}' for k in changed)}); use overwrite or another folder")
+    write_json(record, settings)
+
+
 def make_dataset(out: Path, n: int = 8, size: int | tuple[int, int] = 1024, seed: int = 0,
-                 layouts: Sequence[Path] | None = None, overwrite: bool = False, workers: int = 1,
-                 quiet: bool = False) -> list[tuple[Path, Path]]:
+                 layouts: Sequence[Path] | None = None, textures: str | Path = DEFAULT_TEXTURES,
+                 overwrite: bool = False, workers: int = 1, quiet: bool = False) -> list[tuple[Path, Path]]:
     """Write ``n`` generated regions in the BCSS layout (``out/rgbs_colorNormalized/*.png``,
     ``out/masks/*.png`` with codes) and return the ``(rgb, mask)`` paths.
 
     ``size`` is ``H`` (square) or ``(H, W)``. With ``layouts`` (real mask files) the
     layouts are seeded crops of those masks, cycled (the whole mask when smaller).
-    Finished pairs are kept on a rerun unless ``overwrite``.
+    ``textures`` as in :func:`make_region` (``"builtin"``, ``"none"`` or a bank folder).
+    Finished pairs are kept on a rerun unless ``overwrite``; ``out/synth.json`` records the
+    settings that change the pixels of a region (size, layouts, textures), and a rerun with
+    other ones raises ``ValueError`` unless ``overwrite``.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -98,15 +120,18 @@ def make_dataset(out: Path, n: int = 8, size: int | tuple[int, int] = 1024, seed
     for p in layout_files:
         if not p.is_file():
             raise InputError(p, "no such mask file")
+    texture_key = str(textures) if str(textures) in ("builtin", "none") else str(Path(textures).resolve())
+    resolve_textures(texture_key)  # a bad bank fails here, once
     out = Path(out)
-    fn = functools.partial(_write_region, out=out, size=hw, seed=seed, layouts=layout_files, overwrite=overwrite)
+    _check_settings(out, {"size": list(hw), "layouts": [str(p.resolve()) for p in layout_files],
+                          "textures": texture_key}, overwrite)
+    fn = functools.partial(_write_region, out=out, size=hw, seed=seed, layouts=layout_files, textures=texture_key,
+                           overwrite=overwrite)
     result = run_batch(fn, list(range(n)), workers=workers, desc="synth regions", quiet=quiet)
     if result.skipped:
         raise InputError(out, "; ".join(reason for _, reason in result.skipped))
     return result.ok
 
-
-# ----------------------------------------------------------------------------- slides
 
 def _pyramid(shape: tuple[int, int]) -> list[tuple[int, int]]:
     levels = [(int(shape[0]), int(shape[1]))]
