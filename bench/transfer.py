@@ -51,7 +51,7 @@ def predict_and_score(predictor, pairs: list[tuple[Path, Path]], out: Path, wind
         res = predict_image(predictor, image, out, window=window, overlap=overlap, tissue=False, device="cpu",
                             quiet=True, overwrite=True)
         cm += np.asarray(score(Path(res.outputs["labels.png"]), mask, predictor.scheme)["confusion"])
-    return scores(cm, predictor.scheme.names)
+    return scores(cm, predictor.scheme.names) | {"confusion": cm.tolist()}
 
 
 def run_one(textures: str, seed: int, region: Path, work: Path) -> dict:
@@ -96,6 +96,7 @@ def run_one(textures: str, seed: int, region: Path, work: Path) -> dict:
         "textures": textures, "seed": seed, "real_iou": iou,
         "real_recall": {n: real["per_class"][n]["recall"] for n in scheme.names},
         "goal_miou": float(np.mean([iou[n] for n in GOAL_CLASSES])), "real_miou": real["miou"],
+        "real_confusion": real["confusion"],
         "generated_miou": generated["miou"], "best_step": result.best_step, "best_val_miou": result.best_miou,
         "seconds": {"synth": round(t_synth, 1), "train": round(t_train, 1), "predict_real": round(t_real, 1)},
     }

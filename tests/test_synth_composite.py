@@ -98,6 +98,11 @@ def test_quilt_covers_the_canvas_with_transformed_crops():
     rows = np.abs(np.diff(out[..., 0], axis=0)).mean()
     cols = np.abs(np.diff(out[..., 0], axis=1)).mean()
     assert rows > 0.3 and cols > 0.3  # the gradient crop lies both ways: rotated
+    big = np.full((300, 300, 3), 128, np.uint8)  # leaves far apart: small ones can miss the canvas
+    for shape in ((1, 1), (5, 300), (300, 7), (40, 40), (97, 1000)):  # smaller, thinner than the crops
+        for seed in range(5):
+            out = synth.quilt([gradient, big, big], shape, np.random.default_rng(seed))
+            assert out.shape == (*shape, 3) and out.min() >= 20 and out.max() <= 240
 
 
 def test_builtin_bank_loads_at_region_resolution():

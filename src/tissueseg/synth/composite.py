@@ -152,6 +152,8 @@ def quilt(crops: Sequence[np.ndarray], shape: tuple[int, int], rng: np.random.Ge
         lh, lw = alpha.shape
         y0, x0 = cy - lh // 2, cx - lw // 2
         ys, xs = slice(max(y0, 0), min(y0 + lh, h)), slice(max(x0, 0), min(x0 + lw, w))
+        if ys.start >= ys.stop or xs.start >= xs.stop:  # jittered off the canvas
+            return
         a = alpha[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
         acc[ys, xs] = a[..., None] * img[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] \
             + (1 - a[..., None]) * acc[ys, xs]
