@@ -11,7 +11,7 @@ the mean IoU over tumour, stroma and necrosis. The held-out generated regions th
 predicts (test split, at most 2) are scored too, for the gap between the two.
 
 Run: OMP_NUM_THREADS=1 python bench/transfer.py --textures none builtin --seeds 0 1
-     [--region ../shared/data/bcss/region-a0sk] [--threads 1] [--out bench-out/transfer]
+     [--region ../shared/data/bcss/region-a0sk] [--threads 1] [--out bench-out/transfer] [--keep]
 Writes <out>/transfer.md (the table) and <out>/transfer.json.
 """
 
@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--region", type=Path, default=REGION, help="real BCSS folder scored on (rgbs + masks)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", type=Path, default=Path("bench-out/transfer"))
+    ap.add_argument("--keep", action="store_true", help="keep each run's data, model and predictions in <out>/runs/")
     args = ap.parse_args()
     import torch
 
@@ -132,8 +133,11 @@ def main() -> None:
     rows = []
     for textures in args.textures:
         for seed in args.seeds:
-            with tempfile.TemporaryDirectory(prefix="transfer-") as tmp:
-                row = run_one(textures, seed, args.region, Path(tmp))
+            if args.keep:
+                row = run_one(textures, seed, args.region, args.out / "runs" / f"{Path(textures).name}-{seed}")
+            else:
+                with tempfile.TemporaryDirectory(prefix="transfer-") as tmp:
+                    row = run_one(textures, seed, args.region, Path(tmp))
             rows.append(row)
             print(json.dumps(row), flush=True)
     text = table(rows)

@@ -13,12 +13,23 @@ from tissueseg import synth
 from tissueseg.assets import TEXTURES
 from tissueseg.cli import main
 from tissueseg.io import InputError, read_image, read_mask
-from tissueseg.synth.composite import FEATHER_PX
+from tissueseg.synth.composite import FEATHER_PX, STAIN_JITTER
+from tissueseg.synth.stain import remix, unmix
+from tissueseg.synth.textures import CLASS_DENSITY
 
 from .conftest import _shared
 
-# flat crops of distinct hues: a pixel's colour says which bank it came from
-HUES = {1: (200, 40, 60), 2: (40, 190, 70)}
+
+def _flat(code, scale):
+    """The flat colour of ``scale`` times a class's measured mean stain densities."""
+    rgb = remix(np.float32(scale) * CLASS_DENSITY[code].astype(np.float32), np.zeros(3, np.float32))
+    return tuple(int(v) for v in np.clip(np.rint(rgb), 0, 255))
+
+
+# flat crops, 1.4x too dense: the bank is scaled back to the measured densities, and a
+# pixel's haematoxylin density says which bank it came from (tumour 0.61, stroma 0.23)
+HUES = {1: _flat(1, 1.4), 2: _flat(2, 1.4)}
+SPLIT = 0.42
 
 
 def _bank(folder, sizes=(96, 120, 150), codes=HUES, mpp=0.25):
@@ -37,8 +48,8 @@ def _bank(folder, sizes=(96, 120, 150), codes=HUES, mpp=0.25):
 
 
 def _hue_of(rgb):
-    """Which of the flat bank colours a pixel is (stain jitter keeps the dominant channel)."""
-    return np.where(rgb[..., 0] > rgb[..., 1], 1, 2)
+    """Which of the two flat banks a pixel comes from, by its haematoxylin density."""
+    return np.where(unmix(rgb)[0][..., 0] > SPLIT, 1, 2)
 
 
 def _layout():
@@ -53,7 +64,7 @@ def test_every_pixel_takes_its_own_class_texture_away_from_boundaries(tmp_path):
     bank = synth.load_bank(_bank(tmp_path / "bank"))
     assert bank.codes == {1, 2}
     lay = _layout()
-    rgb = synth.composite_he(lay, 3, bank)
+    rgb = synth.composite_he(lay, 3, bank, bank_share=1.0)
     assert rgb.shape == (*lay.shape, 3) and rgb.dtype == np.uint8
     margin = int(np.ceil(4 * FEATHER_PX))
     procedural = synth.render_he(lay, 3)
@@ -61,10 +72,8 @@ def test_every_pixel_takes_its_own_class_texture_away_from_boundaries(tmp_path):
         inner = ndimage.binary_erosion(lay == code, iterations=margin, border_value=1)
         assert inner.sum() > 1000
         assert (_hue_of(rgb[inner]) == bank_code).all()
-        ref = np.array(HUES[bank_code], float)
-        od = -np.log((rgb[inner].astype(float) + 1) / 256)
-        ref_od = -np.log((ref + 1) / 256)
-        assert np.abs(od / ref_od - 1).max() < 0.35  # the flat colour up to stain jitter
+        dens = unmix(rgb[inner])[0]  # scaled to the measured densities, up to the stain jitter
+        assert np.abs(dens / CLASS_DENSITY[bank_code] - 1).max() < 4 * np.hypot(*STAIN_JITTER)
     inner = ndimage.binary_erosion(lay == 4, iterations=margin, border_value=1)
     assert np.array_equal(rgb[inner], procedural[inner])  # no bank texture: procedural
 
@@ -72,13 +81,30 @@ def test_every_pixel_takes_its_own_class_texture_away_from_boundaries(tmp_path):
 def test_boundaries_blend_over_a_few_pixels(tmp_path):
     bank = synth.load_bank(_bank(tmp_path / "bank"))
     lay = _layout()
-    rgb = synth.composite_he(lay, 0, bank).astype(float)
-    rows = slice(20, 180)
-    red = rgb[rows, :, 0] - rgb[rows, :, 1]  # + in tumour, - in stroma
-    profile = red.mean(axis=0)
-    assert profile[120] > 100 and profile[136] < -100  # pure a few sigma away
-    assert -100 < profile[127] < 100 and -100 < profile[128] < 100  # mixed at the edge
-    assert profile[118:138].argmin() > profile[118:138].argmax()  # monotone-ish transition
+    rgb = synth.composite_he(lay, 0, bank, bank_share=1.0)
+    profile = unmix(rgb[20:180])[0][..., 0].mean(axis=0)  # haematoxylin across the tumour | stroma edge
+    assert profile[120] > 0.5 and profile[136] < 0.33  # pure a few sigma away
+    assert 0.3 < profile[127] < 0.55 and 0.3 < profile[128] < 0.55  # mixed at the edge
+    assert profile[118:138].argmin() > profile[118:138].argmax()  # one transition
+
+
+def test_bank_share_picks_whole_connected_areas(tmp_path):
+    bank = synth.load_bank(_bank(tmp_path / "bank"))
+    lay = np.full((240, 480), 4, np.uint8)
+    for k in range(24):  # 24 separate tumour squares
+        y, x = 10 + 80 * (k // 6), 10 + 80 * (k % 6)
+        lay[y : y + 60, x : x + 60] = 1
+    procedural = synth.render_he(lay, 1)
+    assert np.array_equal(synth.composite_he(lay, 1, bank, bank_share=0.0), procedural)
+    rgb = synth.composite_he(lay, 1, bank, bank_share=0.5)
+    from_bank = []
+    for k in range(24):
+        y, x = 10 + 80 * (k // 6), 10 + 80 * (k % 6)
+        inner = (slice(y + 10, y + 50), slice(x + 10, x + 50))
+        same = np.array_equal(rgb[inner], procedural[inner])
+        assert same or (_hue_of(rgb[inner]) == 1).all()  # one rendering per area, never a mix
+        from_bank.append(not same)
+    assert 4 <= sum(from_bank) <= 20
 
 
 def test_composite_is_seeded(tmp_path):

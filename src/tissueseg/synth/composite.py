@@ -21,10 +21,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from ..io import InputError, read_image
 from .fields import bbox
-from .textures import REGION_MPP, STAND_IN_LUT, render_he
+from .stain import remix, unmix
+from .textures import CLASS_DENSITY, REGION_MPP, STAND_IN_LUT, render_he
 
 DEFAULT_TEXTURES = "builtin"
 """What ``textures`` means when not given: the built-in bank (it carries over to real tissue
@@ -35,8 +37,14 @@ LEAF_EDGE_PX = 12.0
 """Width (px) of a crop's feathered, irregular edge inside the quilt."""
 SCALE_JITTER = 0.1
 """Crops are rescaled by exp(U(-s, s)) (sizes of cells differ a little between patients)."""
-STAIN_JITTER = (0.06, 0.03)
-"""Sigma of the per-image and per-crop gains on each channel's optical density."""
+STAIN_JITTER = (0.08, 0.05)
+"""Sigma of the per-image and per-crop gains on the haematoxylin and eosin densities."""
+SHARPEN = 1.0
+"""Crops are sharpened by an unsharp mask of amount U(0, s) (1 px): slides differ in focus and
+compression, and the bank's slides are softer than many (e.g. the evaluation region)."""
+BANK_SHARE = 0.5
+"""Share of each class's connected areas that get bank textures; the others stay procedural, so
+a class is learnt from two renderings (the bank's slides and the measured procedural model)."""
 _MIN_SIDE = 32
 
 
@@ -46,6 +54,7 @@ class TextureBank:
 
     crops: dict[int, tuple[np.ndarray, ...]]
     folder: Path
+    means: dict[int, np.ndarray]  # mean haematoxylin and eosin density of each code's crops
 
     @property
     def codes(self) -> frozenset[int]:
@@ -89,7 +98,8 @@ def load_bank(folder: str | Path) -> TextureBank:
         crops.setdefault(code, []).append(_read_crop(folder / row["file"], mpp))
     if not crops:
         raise InputError(table, "lists no texture")
-    return TextureBank({c: tuple(v) for c, v in sorted(crops.items())}, folder)
+    means = {c: np.concatenate([unmix(x)[0].reshape(-1, 2) for x in v]).mean(axis=0) for c, v in crops.items()}
+    return TextureBank({c: tuple(v) for c, v in sorted(crops.items())}, folder, means)
 
 
 def resolve_textures(textures: str | Path | TextureBank | None) -> TextureBank | None:
@@ -105,26 +115,19 @@ def resolve_textures(textures: str | Path | TextureBank | None) -> TextureBank |
     return load_bank(Path(textures).resolve())
 
 
-def _od_gain(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """Each channel's optical density times ``gain`` (a stain-intensity change), uint8 RGB in,
-    float32 out, through a 256-entry look-up table per channel."""
-    levels = (np.arange(256, dtype=np.float64) + 1) / 256
-    out = np.empty(rgb.shape, np.float32)
-    for c in range(3):
-        out[..., c] = (256 * levels ** float(gain[c]) - 1).astype(np.float32)[rgb[..., c]]
-    return out
-
-
 def _leaf(crop: np.ndarray, rng: np.random.Generator, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A randomly rotated, flipped, rescaled and stain-jittered crop (float) and its alpha:
-    1 inside, falling to 0 over an irregular band of about :data:`LEAF_EDGE_PX` at the border."""
+    """A randomly rotated, flipped, rescaled and sharpened crop (float RGB) with its
+    haematoxylin and eosin densities times ``gain`` (jittered), and its alpha: 1 inside,
+    falling to 0 over an irregular band of about :data:`LEAF_EDGE_PX` at the border."""
     img = np.rot90(crop, int(rng.integers(4)))
     if rng.random() < 0.5:
         img = img[:, ::-1]
     s = float(np.exp(rng.uniform(-SCALE_JITTER, SCALE_JITTER)))
     size = (max(_MIN_SIDE, round(img.shape[1] * s)), max(_MIN_SIDE, round(img.shape[0] * s)))
-    img = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_LINEAR)
-    img = _od_gain(img, gain * (1 + rng.normal(0, STAIN_JITTER[1], 3)))
+    img = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_CUBIC)
+    dens, residual = unmix(img)
+    img = remix(dens * (gain * (1 + rng.normal(0, STAIN_JITTER[1], 2))).astype(np.float32), residual)
+    img += np.float32(rng.uniform(0, SHARPEN)) * (img - cv2.GaussianBlur(img, (0, 0), 1.0))
     h, w = img.shape[:2]
     edge = np.minimum.outer(np.minimum(np.arange(h), np.arange(h)[::-1]),
                             np.minimum(np.arange(w), np.arange(w)[::-1])).astype(np.float32)
@@ -137,8 +140,8 @@ def quilt(crops: Sequence[np.ndarray], shape: tuple[int, int], rng: np.random.Ge
           gain: np.ndarray | None = None) -> np.ndarray:
     """Fill ``shape`` with dead leaves of ``crops`` (float RGB): leaves on a shuffled, jittered
     grid about 0.6 of a crop apart, then more where anything is still uncovered. ``gain``
-    multiplies every crop's optical density per channel (the image's stain)."""
-    gain = np.ones(3) if gain is None else np.asarray(gain, np.float64)
+    multiplies every crop's haematoxylin and eosin densities (the image's stain)."""
+    gain = np.ones(2) if gain is None else np.asarray(gain, np.float64)
     h, w = int(shape[0]), int(shape[1])
     acc = np.zeros((h, w, 3), np.float32)  # premultiplied colour
     cover = np.zeros((h, w), np.float32)
@@ -170,22 +173,36 @@ def quilt(crops: Sequence[np.ndarray], shape: tuple[int, int], rng: np.random.Ge
     return acc / np.maximum(cover, 1e-6)[..., None]
 
 
-def composite_he(codes: np.ndarray, seed: int, bank: TextureBank) -> np.ndarray:
+def _bank_areas(sel: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A random ``share`` of the connected areas of ``sel`` (each kept with that probability)."""
+    if share >= 1:
+        return sel
+    labels, n = ndimage.label(sel, structure=np.ones((3, 3)))
+    keep = np.concatenate([[False], rng.random(n) < share])
+    return keep[labels]
+
+
+def composite_he(codes: np.ndarray, seed: int, bank: TextureBank, bank_share: float = BANK_SHARE) -> np.ndarray:
     """H&E RGB ``(H, W, 3)`` uint8 for a map of BCSS codes at :data:`REGION_MPP`: the bank's
-    textures where it has the code (or its stand-in), procedural ones elsewhere; seeded."""
+    textures in a random ``bank_share`` of the connected areas of every code it has (or whose
+    stand-in it has), procedural ones elsewhere; seeded."""
     base = render_he(codes, seed).astype(np.float32)
     rgb = base.copy()
     textured = STAND_IN_LUT[np.asarray(codes).astype(np.uint8)]
     rng = np.random.default_rng([int(seed), 0xC0B1])
-    image_gain = 1 + rng.normal(0, STAIN_JITTER[0], 3)
+    image_gain = 1 + rng.normal(0, STAIN_JITTER[0], 2)
     pad = int(np.ceil(4 * FEATHER_PX))
     h, w = textured.shape
     for code in sorted(set(np.unique(textured).tolist()) & bank.codes):
-        sel = textured == code
+        sel = _bank_areas(textured == code, bank_share, np.random.default_rng([int(seed), 0xA4EA, code]))
+        if not sel.any():
+            continue
         rows, cols = bbox(sel)
         ys = slice(max(rows.start - pad, 0), min(rows.stop + pad, h))
         xs = slice(max(cols.start - pad, 0), min(cols.stop + pad, w))
         weight = cv2.GaussianBlur(sel[ys, xs].astype(np.float32), (0, 0), FEATHER_PX)[..., None]
-        tex = quilt(bank.crops[code], weight.shape[:2], np.random.default_rng([int(seed), 0xC0B1, code]), image_gain)
+        calibrate = CLASS_DENSITY[code] / bank.means[code] if code in CLASS_DENSITY else 1.0
+        tex = quilt(bank.crops[code], weight.shape[:2], np.random.default_rng([int(seed), 0xC0B1, code]),
+                    image_gain * calibrate)
         rgb[ys, xs] += weight * (tex - base[ys, xs])  # weights of all classes sum to 1
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)

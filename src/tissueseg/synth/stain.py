@@ -33,7 +33,26 @@ E_REF = np.array([0.190, 0.890, 0.420])
 slides TCGA-A1-A0SP and TCGA-EW-A1PB; see docs/synthetic-data.md)."""
 GLASS_OD = np.array([0.028, 0.075, 0.044])
 """OD of bare glass in BCSS regions (RGB about 248, 236, 244: slightly pink)."""
-INK = np.array([0.55, 0.25, 0.12])  # blue-green pen ink OD
+INK = np.array([0.55, 0.25, 0.12])
+"""OD vector of blue-green pen ink."""
+HAEMOGLOBIN = np.array([0.05, 0.84, 0.53])
+"""OD vector of red cells (eosin-stained haemoglobin: bright red, about RGB 230, 40, 80)."""
+_HE = np.stack([H_REF / np.linalg.norm(H_REF), E_REF / np.linalg.norm(E_REF)], axis=1).astype(np.float32)  # (3, 2)
+_UNMIX = np.linalg.pinv(_HE).astype(np.float32)  # (2, 3)
+_OD = (-np.log((np.arange(256) + 1) / 256)).astype(np.float32)  # OD of each 8-bit level
+
+
+def unmix(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Haematoxylin and eosin densities ``(..., 2)`` of uint8 RGB on the BCSS reference vectors
+    (least squares), and the residual optical density ``(..., 3)`` they leave."""
+    od = _OD[rgb]
+    dens = od @ _UNMIX.T
+    return dens, od - dens @ _HE.T
+
+
+def remix(dens: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """Float RGB (0..255) of haematoxylin and eosin densities plus a residual optical density."""
+    return np.exp(-(dens @ _HE.T + residual)) * np.float32(256) - np.float32(1)
 
 
 def draw_stain(seed: int) -> Stain:
@@ -56,23 +75,24 @@ def draw_stain(seed: int) -> Stain:
     )
 
 
-def to_rgb(dh: np.ndarray, de: np.ndarray, ink: np.ndarray, win: Window, st: Stain) -> np.ndarray:
-    """Beer-Lambert composition, slow stain unevenness, optical blur and sensor noise."""
+def to_rgb(dh: np.ndarray, de: np.ndarray, extra: list[tuple[np.ndarray, np.ndarray]], win: Window, st: Stain
+           ) -> np.ndarray:
+    """Beer-Lambert composition of haematoxylin, eosin and ``extra`` (density map, OD vector)
+    pairs (ink, haemoglobin), slow stain unevenness, optical blur and sensor noise."""
     rng = np.random.default_rng([st.seed, win.x0 & 0xFFFFFFFF, win.y0 & 0xFFFFFFFF, 7])
     uneven = 1 + sin_field(win, st.uneven)
-    sigma = 0.4 / win.mpp  # optics: blur is linear, so blur the densities
-    maps = [dh * uneven, de * uneven] + ([ink] if ink.any() else [])
+    sigma = 0.15 / win.mpp  # optics: blur is linear, so blur the densities
+    maps = [dh * uneven, de * uneven] + [m for m, _ in extra]
+    vecs = [st.h, st.e] + [v for _, v in extra]
     if sigma >= 0.3:
         maps = [cv2.GaussianBlur(m, (0, 0), sigma) for m in maps]
-    vecs = [st.h, st.e, INK]
     rgb = np.empty((*dh.shape, 3), np.uint8)
-    noise = rng.standard_normal((dh.shape[0] + 2, dh.shape[1]), dtype=np.float32) * np.float32(1.8)
+    noise = rng.standard_normal((dh.shape[0] + 2, dh.shape[1]), dtype=np.float32) * np.float32(2.5)
     for c in range(3):
-        od = maps[0] * np.float32(st.h[c]) + maps[1] * np.float32(st.e[c]) + np.float32(st.residual[c])
-        if len(maps) == 3:
-            od += maps[2] * np.float32(vecs[2][c])
+        od = np.full(dh.shape, np.float32(st.residual[c]))
+        for m, v in zip(maps, vecs):
+            od += m * np.float32(v[c])
         val = np.exp(-od) * np.float32(255)
         val += noise[c : c + dh.shape[0]] + np.float32(0.5)
         rgb[..., c] = np.clip(val, 0, 255)
     return rgb
-

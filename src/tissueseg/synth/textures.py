@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from .fields import Window, bbox, grid_points, hash_key, sin_field, smooth_noise, value_noise, wave_grad
-from .stain import FIBRE_PERIOD_UM, Stain, draw_stain, to_rgb
+from .stain import FIBRE_PERIOD_UM, HAEMOGLOBIN, INK, Stain, draw_stain, to_rgb
 
 REGION_MPP = 0.25
 """µm/px of generated regions (BCSS's resolution)."""
@@ -61,37 +61,50 @@ class _Blobs:
     oriented: bool = False  # major axis along the stroma fibres
     rim: float = 0.0  # relative extra density of the outline (nuclear membrane)
     pallor: float = 0.0  # relative loss of density in the centre (vesicular chromatin, red cells)
+    cluster: float = 0.0  # how much a slow field (40 µm) raises and lowers ``keep`` from place to place
 
 
 # Sizes, densities and counts follow the real BCSS statistics in docs/synthetic-data.md.
 NUCLEI: dict[int, tuple[_Blobs, ...]] = {
-    1: (_Blobs(1, 10.0, 1.0, (4.0, 6.5), (0.6, 0.95), 0.14, (0.95, 1.35), rim=0.3, pallor=0.15),
+    1: (_Blobs(1, 10.0, 1.0, (3.6, 5.6), (0.6, 0.95), 0.14, (1.0, 1.4), rim=0.4, pallor=0.1),
         _Blobs(1, 10.0, 0.6, (0.6, 1.0), (0.8, 1.0), 0.1, (1.7, 2.1))),  # nucleoli
-    2: (_Blobs(2, 16.0, 0.5, (4.0, 7.0), (0.2, 0.35), 0.05, (1.1, 1.6), oriented=True),),
-    3: (_Blobs(3, 6.8, 0.9, (2.3, 3.2), (0.8, 1.0), 0.06, (1.9, 2.5)),),
-    4: (_Blobs(4, 10.0, 0.35, (1.8, 3.2), (0.8, 1.0), 0.08, (2.0, 2.5)),  # pyknotic nuclei
-        _Blobs(18, 6.0, 0.25, (0.5, 1.2), (0.4, 1.0), 0.35, (1.0, 1.8))),  # karyorrhectic fragments
+    2: (_Blobs(2, 14.0, 0.6, (3.0, 5.5), (0.25, 0.45), 0.08, (0.9, 1.3), oriented=True),),
+    3: (_Blobs(3, 6.8, 0.9, (1.9, 2.7), (0.8, 1.0), 0.06, (1.9, 2.5)),),
+    4: (_Blobs(4, 9.0, 0.5, (1.6, 2.6), (0.75, 1.0), 0.1, (1.7, 2.4), cluster=0.5),  # pyknotic nuclei
+        _Blobs(18, 6.0, 0.25, (0.5, 1.2), (0.4, 1.0), 0.35, (1.0, 1.8)),  # karyorrhectic fragments
+        _Blobs(19, 16.0, 0.25, (2.6, 3.6), (0.7, 1.0), 0.2, (0.7, 1.1))),  # dying cells' smudged nuclei
     6: (_Blobs(6, 8.0, 0.12, (2.5, 3.2), (0.8, 1.0), 0.05, (1.2, 1.6)),),  # a few leukocytes
     7: (_Blobs(7, 14.0, 0.5, (3.0, 5.0), (0.5, 0.9), 0.1, (0.5, 0.8)),),
 }
 """Haematoxylin blobs of each textured code (nuclei and nuclear debris)."""
 EOSIN_BLOBS: dict[int, tuple[_Blobs, ...]] = {
-    4: (_Blobs(17, 7.0, 0.95, (3.4, 4.8), (0.7, 1.0), 0.15, (0.75, 1.15), rim=-0.4),),  # ghost cells
-    6: (_Blobs(16, 6.2, 0.85, (3.2, 3.9), (0.75, 1.0), 0.04, (1.0, 1.4), pallor=0.3),),  # red cells
+    4: (_Blobs(17, 5.5, 0.95, (2.4, 3.4), (0.7, 1.0), 0.15, (0.6, 0.95), rim=0.25),),  # ghost cells
 }
-"""Eosin blobs of each textured code (anucleate ghost cells, red cells)."""
+"""Eosin blobs of each textured code (anucleate ghost cells)."""
+RED_CELLS: dict[int, tuple[_Blobs, ...]] = {
+    4: (_Blobs(20, 14.0, 0.12, (2.6, 3.4), (0.75, 1.0), 0.05, (0.9, 1.3), pallor=0.2),),  # extravasated
+    6: (_Blobs(16, 6.2, 0.85, (3.2, 3.9), (0.75, 1.0), 0.04, (1.0, 1.4), pallor=0.3),),
+}
+"""Haemoglobin blobs of each textured code (red cells)."""
+CLASS_DENSITY: dict[int, np.ndarray] = {code: np.array(v) for code, v in {
+    1: (0.61, 0.52), 2: (0.23, 0.51), 3: (0.84, 0.50), 4: (0.29, 0.52), 9: (0.19, 0.14)}.items()}
+"""Mean haematoxylin and eosin density of each class in real BCSS regions (BCSS reference
+vectors; tumour, stroma, necrosis and fat measured on region TCGA-A1-A0SK, lymphocytes on
+TCGA-A1-A0SP and TCGA-EW-A1PB: docs/synthetic-data.md). Bank textures are scaled to them."""
 FAT_CELL_UM = 70.0
+CLUSTER_UM = 40.0  # cell of the noise that makes some blob families patchy
+NECROSIS_HOLE_UM = 9.0  # cell of the noise whose peaks are holes in necrosis
 MARGIN_UM = 12.0  # blobs reach at most this far from their centres (plus blur)
 
 # per-class texture coefficients: background H and E densities, then how much the slow
 # mottle and the fine grain modulate H and E (relative), and the pen-ink density
 _TEXTURE = {  # code: (bh, be, mottle_h, grain_h, mottle_e, grain_e, ink)
     0: (0.0, 0.006, 0.0, 0.0, 0.0, 0.8, 0.0),
-    1: (0.35, 0.5, 0.15, 0.3, 0.25, 0.15, 0.0),
-    2: (0.1, 0.3, 0.0, 0.2, 0.3, 0.2, 0.0),
-    3: (0.12, 0.45, 0.1, 0.2, 0.1, 0.3, 0.0),
-    4: (0.05, 0.12, 0.6, 0.3, 0.5, 0.3, 0.0),
-    6: (0.0, 0.45, 0.0, 0.0, 0.1, 0.2, 0.0),
+    1: (0.5, 0.85, 0.15, 0.3, 0.25, 0.15, 0.0),
+    2: (0.15, 0.45, 0.1, 0.2, 0.25, 0.2, 0.0),
+    3: (0.3, 0.45, 0.2, 0.2, 0.1, 0.3, 0.0),
+    4: (0.12, 0.2, 0.6, 0.3, 0.5, 0.3, 0.0),
+    6: (0.0, 0.3, 0.0, 0.0, 0.1, 0.2, 0.0),
     7: (0.3, 0.45, 0.3, 0.0, 0.3, 0.0, 0.6),
     9: (0.0, 0.02, 0.0, 0.0, 0.0, 0.3, 0.0),
 }
@@ -99,7 +112,7 @@ _TEXTURE_LUT = np.zeros((7, 256), np.float32)  # one contiguous look-up table pe
 for _code, _row in _TEXTURE.items():
     _TEXTURE_LUT[:, _code] = _row
 _TEXTURE_LUT.setflags(write=False)
-_FIBRE_GAIN = 0.9  # eosin density of a collagen fibre at its crest
+_FIBRE_GAIN = 0.5  # eosin density of a collagen fibre at its crest
 
 
 def _draw_blobs(canvas: np.ndarray, codes: np.ndarray, code: int, b: _Blobs, win: Window, st: Stain) -> None:
@@ -120,7 +133,10 @@ def _draw_blobs(canvas: np.ndarray, codes: np.ndarray, code: int, b: _Blobs, win
         return
     cx = np.clip(np.rint(px).astype(int), 0, win.w - 1)
     cy = np.clip(np.rint(py).astype(int), 0, win.h - 1)
-    ok = (codes[cy, cx] == code) & (u[:, 0] < b.keep)
+    keep = b.keep
+    if b.cluster:
+        keep = b.keep + b.cluster * value_noise(win, CLUSTER_UM, hash_key(st.seed, b.salt + 100))[cy, cx]
+    ok = (codes[cy, cx] == code) & (u[:, 0] < keep)
     if not ok.any():
         return
     px, py, u = px[ok], py[ok], u[ok]
@@ -179,18 +195,20 @@ def _fat(win: Window, st: Stain) -> np.ndarray:
     return canvas.astype(np.float32) / 255
 
 
-def _densities(codes: np.ndarray, win: Window, st: Stain) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Haematoxylin, eosin and ink density maps of a window of textured codes."""
+def _densities(codes: np.ndarray, win: Window, st: Stain
+               ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Haematoxylin and eosin density maps of a window of textured codes, and the maps and
+    OD vectors of other chromophores there (pen ink, haemoglobin)."""
     h, w = codes.shape
     rng = np.random.default_rng([st.seed, win.x0 & 0xFFFFFFFF, win.y0 & 0xFFFFFFFF, int(win.mpp * 1e6)])
     present = set(np.unique(codes).tolist())
     px1 = 1.0 / win.mpp  # pixels per µm
     mottle = value_noise(win, 5.0, hash_key(st.seed, 31))
-    grain = smooth_noise(rng, (h, w), 0.6 * px1) * np.float32(min(1.0, px1))  # averages out when coarse
+    grain = smooth_noise(rng, (h, w), 0.35 * px1) * np.float32(min(1.0, px1))  # averages out when coarse
     t = [cv2.LUT(codes, lut) for lut in _TEXTURE_LUT]
     dh = t[0] * np.clip(1 + t[2] * mottle + t[3] * grain, 0.1, None)
     de = t[1] * np.clip(1 + t[4] * mottle + t[5] * grain, 0.1, None)
-    ink = t[6] * np.clip(1 + 0.4 * mottle, 0.3, None) if 7 in present else np.zeros((h, w), np.float32)
+    extra = [(t[6] * np.clip(1 + 0.4 * mottle, 0.3, None), INK)] if 7 in present else []
     if 2 in present:  # collagen: bundles of wavy fibres along the level lines of a smooth field
         box = bbox(codes == 2)
         psi = sin_field(win, st.fibres, box)
@@ -207,27 +225,40 @@ def _densities(codes: np.ndarray, win: Window, st: Stain) -> tuple[np.ndarray, n
     # nuclei and other blobs, drawn on uint8 canvases (densities x 100)
     canvas_h = np.zeros((h, w), np.uint8)
     canvas_e = np.zeros((h, w), np.uint8)
-    for families, canvas in ((NUCLEI, canvas_h), (EOSIN_BLOBS, canvas_e)):
+    canvas_r = np.zeros((h, w), np.uint8)
+    for families, canvas in ((NUCLEI, canvas_h), (EOSIN_BLOBS, canvas_e), (RED_CELLS, canvas_r)):
         for code in present & families.keys():
             for b in families[code]:
                 _draw_blobs(canvas, codes, code, b, win, st)
     de = np.maximum(de, canvas_e.astype(np.float32) / 100)
+    if 4 in present:  # granular ghost cells
+        de *= np.where(codes == 4, np.clip(1 + 0.3 * grain, 0.3, None), 1)
+    if canvas_r.any():
+        red = canvas_r.astype(np.float32) / 100
+        de *= 1 - np.clip(red, 0, 1)
+        extra.append((red, HAEMOGLOBIN))
     nuc = canvas_h.astype(np.float32) / 100
     if 1 in present:  # vesicular chromatin in tumour nuclei
-        nuc *= np.where(codes == 1, np.clip(0.8 + 0.35 * grain, 0.3, None), 1)
+        nuc *= np.where(codes == 1, np.clip(0.7 + 0.5 * grain, 0.3, None), 1)
     de *= 1 - 0.4 * np.clip(nuc, 0, 1)  # nuclei push cytoplasm aside
     dh = np.maximum(dh, nuc)
+    if 4 in present:  # necrosis: cells lost, holes of bare glass
+        holes = np.clip(2.5 * (value_noise(win, NECROSIS_HOLE_UM, hash_key(st.seed, 41)) - 0.9), 0, 0.92)
+        keep = np.where(codes == 4, 1 - holes, 1).astype(np.float32)
+        dh, de = dh * keep, de * keep
+        extra = [(m * keep, v) for m, v in extra]
     if 7 in present:  # out of focus
         sel = codes == 7
         dh = np.where(sel, cv2.GaussianBlur(dh, (0, 0), 2.5 * px1), dh)
         de = np.where(sel, cv2.GaussianBlur(de, (0, 0), 2.5 * px1), de)
-    return dh, de, ink
+    return dh, de, extra
 
 
 def render_window(codes: np.ndarray, win: Window, st: Stain) -> np.ndarray:
+    """RGB of a window of BCSS codes (stand-ins applied) with stain ``st``."""
     codes = STAND_IN_LUT[codes]
-    dh, de, ink = _densities(codes, win, st)
-    return to_rgb(dh, de, ink, win, st)
+    dh, de, extra = _densities(codes, win, st)
+    return to_rgb(dh, de, extra, win, st)
 
 
 def render_he(codes: np.ndarray, seed: int, mpp: float = REGION_MPP) -> np.ndarray:
