@@ -39,9 +39,9 @@ Examples:
 @click.option("--layouts", type=click.Path(exists=True, path_type=Path), default=None,
               help="Real BCSS mask file or folder: region layouts are crops of these masks.")
 @click.option("--textures", default="builtin", show_default=True, metavar="builtin|none|FOLDER",
-              help="Real H&E crops laid into the regions: the packaged bank (builtin), none (procedural "
-                   "textures only) or a bank folder (image files + provenance.csv with file, code, mpp). "
-                   "Slides are always procedural.")
+              help="builtin: real H&E crops of the packaged bank in half of each class's areas, "
+                   "procedural textures elsewhere; none: procedural only; or a bank folder (images + "
+                   "provenance.csv with file, code, mpp). Slides are always procedural.")
 @click.option("--slide", "slide", default=None, metavar="WxH", help="Also write a pyramidal slide of this size.")
 @click.option("--mpp", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
               help="µm/px of the slide's level 0.")
