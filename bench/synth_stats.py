@@ -115,6 +115,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
+    slides = {"TCGA-A1-A0SP": sorted((args.data / "bcss-wsss-sample" / "training").glob("TCGA-A1-A0SP*.png")),
+              "TCGA-EW-A1PB": sorted((args.data / "bcss-wsss-sample" / "val" / "img").glob("*.png")),
+              "TCGA-A1-A0SK": sorted((args.data / "bcss" / "region-a0sk" / "rgbs_colorNormalized").glob("*.png"))}
+    print("Stain vectors over all pixels (Macenko):")
+    for slide, files in slides.items():
+        hv, ev = macenko(np.concatenate([optical_density(read_image(f)) for f in files]))
+        print(f"- {slide}: H {np.round(hv, 3).tolist()}, E {np.round(ev, 3).tolist()}")
     rows = [(f"{src}", code, rgbs, sels) for src, code, rgbs, sels in real_sources(args.data)]
     for textures in ("none", "builtin"):
         regions = [make_region((768, 768), s, layout=random_layout((768, 768), s, roi=False), textures=textures)
