@@ -58,9 +58,13 @@ def _shuffled(tiles, dest, weak: bool):
     df, _ = load_manifest(tiles)
     train_rows = np.flatnonzero(df["split"] == "train")
     cols = [c for c in df if c.startswith("label_")] if weak else ["mask_path", "x", "y"]
-    source = np.random.default_rng(0).permutation(train_rows)
+    # targets from half a list away in region order: from another region, so never the patch's own
+    # (x, y move the image crop too: a source in the same region would be a true pair)
+    rows = train_rows[np.argsort(df.loc[train_rows, "image_path"].to_numpy(), kind="stable")]
+    source = np.roll(rows, len(rows) // 2)
+    assert (df.loc[rows, "image_path"].to_numpy() != df.loc[source, "image_path"].to_numpy()).all()
     for c in cols:
-        df.loc[train_rows, c] = df.loc[source, c].to_numpy()
+        df.loc[rows, c] = df.loc[source, c].to_numpy()
     dest.mkdir()
     df.to_parquet(dest / "manifest.parquet")
     shutil.copy(tiles / "manifest.json", dest)
@@ -135,6 +139,8 @@ def test_config_file_errors(tmp_path):
 #   full, masks shuffled across patches: mIoU 0.08, accuracy 0.24, val-split mIoU 0.14
 # Weak (fcn + lse, stain jitter 0.15), val-split mIoU 0.32 / 0.32 / 0.42, with image labels shuffled
 # across patches 0.11 (on the one held-out region above it varies too much: mIoU 0.27 / 0.16 / 0.38).
+# With synth's composite textures (default since the transfer work), seed 0 under pytest: full mIoU 0.24,
+# accuracy 0.67; masks from another region's patches: mIoU 0.01, accuracy 0.06.
 @pytest.mark.slow
 def test_full_supervision_learns_and_shuffled_masks_do_not(tiles, held_out, tmp_path):
     steps = ["run.steps=60", "optim.lr=0.003", "run.val_every=60"]

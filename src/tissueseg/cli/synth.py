@@ -26,6 +26,7 @@ def _slide_shape(value: str | None) -> tuple[int, int] | None:
     epilog="""\b
 Examples:
   tissueseg synth --out data/synth                       # 8 regions of 1024 px
+  tissueseg synth --out data/procedural --textures none  # procedural textures only
   tissueseg synth --out data/synth --n 24 --size 2048 --workers 2
   tissueseg synth --out data/real-layouts --layouts ../shared/data/bcss/masks
   tissueseg synth --out data/synth --slide 20000x15000 --mpp 0.5
@@ -37,6 +38,10 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--layouts", type=click.Path(exists=True, path_type=Path), default=None,
               help="Real BCSS mask file or folder: region layouts are crops of these masks.")
+@click.option("--textures", default="builtin", show_default=True, metavar="builtin|none|FOLDER",
+              help="builtin: real H&E crops of the packaged bank in half of each class's areas, "
+                   "procedural textures elsewhere; none: procedural only; or a bank folder (images + "
+                   "provenance.csv with file, code, mpp). Slides are always procedural.")
 @click.option("--slide", "slide", default=None, metavar="WxH", help="Also write a pyramidal slide of this size.")
 @click.option("--mpp", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
               help="µm/px of the slide's level 0.")
@@ -45,8 +50,8 @@ Examples:
 @common.json_option
 @common.quiet_option
 @common.guard
-def command(out: Path, n: int, size: int, seed: int, layouts: Path | None, slide: str | None, mpp: float,
-            workers: int, overwrite: bool, as_json: bool, quiet: bool) -> None:
+def command(out: Path, n: int, size: int, seed: int, layouts: Path | None, textures: str, slide: str | None,
+            mpp: float, workers: int, overwrite: bool, as_json: bool, quiet: bool) -> None:
     """Generate H&E regions with known masks in the BCSS layout (and a pyramidal slide).
 
     Writes OUT/rgbs_colorNormalized/*.png and OUT/masks/*.png (codes); with --slide also
@@ -56,9 +61,9 @@ def command(out: Path, n: int, size: int, seed: int, layouts: Path | None, slide
     shape = _slide_shape(slide)
     out = check_output_dir(out)
     layout_files = list_images([layouts]) if layouts else None
-    pairs = synth.make_dataset(out, n=n, size=size, seed=seed, layouts=layout_files, overwrite=overwrite,
-                               workers=workers, quiet=quiet)
-    summary: dict = {"out": out, "regions": len(pairs), "size": size, "seed": seed,
+    pairs = synth.make_dataset(out, n=n, size=size, seed=seed, layouts=layout_files, textures=textures,
+                               overwrite=overwrite, workers=workers, quiet=quiet)
+    summary: dict = {"out": out, "regions": len(pairs), "size": size, "seed": seed, "textures": textures,
                      "rgbs": out / "rgbs_colorNormalized", "masks": out / "masks"}
     text = f"{len(pairs)} regions in {out} (rgbs_colorNormalized/, masks/)"
     if shape is not None:
