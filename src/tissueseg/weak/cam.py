@@ -1,0 +1,362 @@
+"""Pseudo-masks from the class maps of a multi-label patch classifier (labels of whole patches).
+
+Stage 1 (:mod:`tissueseg.models.classifier`) learns, from the set of classes of every
+patch, per-pixel class scores at several encoder depths. Here those maps become a pixel
+label map per patch, which trains an ordinary segmenter with the cross-entropy (stage 2):
+
+1. :func:`normalise_per_class`: each class map rectified and divided by its own maximum
+   over the patch (so a weakly scored class is not drowned by a strong one);
+2. :func:`fuse_cams`: the depths upsampled to the patch and averaged with ``weights``
+   (shallow to deep; fine boundaries from the shallow maps, reliable classes from the deep);
+3. optionally :func:`refine`: a guided filter (He et al. 2013) with the RGB patch as guide
+   moves the score boundaries onto colour edges;
+4. :func:`pseudo_mask`: the most likely class *among the patch's labels* only
+   (:func:`restrict_to_labels`: an absent class never appears); a single-label patch is
+   labelled whole, an unlabelled one ignored; pixels passed as ``ignore`` (e.g.
+   :func:`white_pixels`, glass, when the scheme has no background class) are ignored.
+
+:func:`patch_cams` and :func:`patch_pseudo_masks` run a classifier over batches of patches
+(with flip test-time augmentation), :class:`CamPseudoMasks` over every labelled patch of a
+manifest or folder table, as a ``label_source`` of :class:`~tissueseg.data.PatchDataset`.
+:func:`class_gate` and :func:`patch_gates` give the classes a patch holds according to the
+classifier (for prediction, when no labels are known).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import io
+from ..colorize import colorize
+from ..data import RegionCache, crop, label_columns
+from ..schemes import IGNORE, ClassScheme
+from ..stats import count_codes
+
+DEFAULT_WEIGHTS: tuple[float, ...] = (0.2, 0.2, 0.6)
+"""Fusion weights of the class maps, shallow to deep (Han et al. 2022)."""
+
+PREVIEW_SIDE = 1024
+"""Longest side of the pseudo-mask previews."""
+
+Normalize = tuple[Sequence[float], Sequence[float]]
+
+
+def _tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return a.float() if isinstance(a, torch.Tensor) else torch.tensor(np.asarray(a), dtype=torch.float32)
+
+
+def normalise_per_class(cams: np.ndarray | torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(..., K, H, W)`` maps rectified and divided by each class's maximum over ``(H, W)``: in ``[0, 1]``.
+
+    A class whose map is nowhere positive is all zero.
+    """
+    cams = _tensor(cams).clamp(min=0)
+    top = cams.amax(dim=(-2, -1), keepdim=True)
+    return cams / top.clamp(min=eps)
+
+
+def fuse_cams(maps: Sequence[np.ndarray | torch.Tensor], weights: Sequence[float] | None,
+              size: tuple[int, int]) -> torch.Tensor:
+    """The weighted mean of class maps of several depths at ``size``: ``(..., K, H, W)`` float32.
+
+    ``maps``: ``D`` arrays ``(..., K, h_d, w_d)`` (e.g. from :func:`normalise_per_class`),
+    each resized bilinearly to ``size = (H, W)``. ``weights`` (``D``, default equal) are
+    normalised to sum to 1.
+    """
+    if not maps:
+        raise ValueError("fuse_cams: no maps")
+    weights = [1.0] * len(maps) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(maps) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"fuse_cams: {len(maps)} maps need as many non-negative weights, got {weights}")
+    out = None
+    for m, w in zip(maps, weights):
+        m = _tensor(m)
+        lead = m.shape[:-2]
+        up = F.interpolate(m.reshape(1, -1, *m.shape[-2:]), size=tuple(size), mode="bilinear", align_corners=False)
+        term = up.reshape(*lead, *size) * (w / sum(weights))
+        out = term if out is None else out + term
+    return out
+
+
+def restrict_to_labels(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(K, H, W)`` scores with the classes absent from the multi-hot ``labels`` ``(K,)`` set to 0."""
+    scores = _tensor(scores)
+    present = _tensor(labels).reshape(-1) > 0
+    if present.numel() != scores.shape[-3]:
+        raise ValueError(f"{present.numel()} labels for {scores.shape[-3]} class maps")
+    return scores * present.view(-1, 1, 1).to(scores)
+
+
+def pseudo_mask(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                ignore: np.ndarray | None = None) -> np.ndarray:
+    """``(H, W)`` uint8: the highest-scoring class among the patch's labels at every pixel.
+
+    A patch with one label is that class everywhere, a patch with none is :data:`IGNORE`;
+    pixels where ``ignore`` ``(H, W)`` is true are :data:`IGNORE`.
+    """
+    scores = _tensor(scores)
+    present = (_tensor(labels).reshape(-1) > 0).numpy()
+    if present.size != scores.shape[0]:
+        raise ValueError(f"{present.size} labels for {scores.shape[0]} class maps")
+    h, w = scores.shape[-2:]
+    if not present.any():
+        return np.full((h, w), IGNORE, np.uint8)
+    classes = np.flatnonzero(present)
+    if classes.size == 1:
+        out = np.full((h, w), classes[0], np.uint8)
+    else:
+        out = classes[scores[torch.from_numpy(classes)].argmax(dim=0).numpy()].astype(np.uint8)
+    if ignore is not None:
+        out[np.asarray(ignore, bool)] = IGNORE
+    return out
+
+
+def _box(a: np.ndarray, radius: int) -> np.ndarray:
+    return cv2.boxFilter(a, -1, (2 * radius + 1, 2 * radius + 1), borderType=cv2.BORDER_REFLECT)
+
+
+def refine(rgb: np.ndarray, scores: np.ndarray | torch.Tensor, radius: int = 8, eps: float = 1e-3) -> torch.Tensor:
+    """``(K, H, W)`` scores guided-filtered (He, Sun & Tang 2013, colour guide) by the ``(H, W, 3)`` image.
+
+    Each output is locally an affine function of the image's colour over ``(2 radius + 1)``
+    windows, so score edges follow colour edges; ``eps`` (guide in [0, 1]) sets how large a
+    colour step counts as an edge.
+    """
+    guide = np.asarray(rgb, np.float32) / 255.0
+    p = _tensor(scores).numpy().astype(np.float32)
+    if guide.shape[:2] != p.shape[-2:]:
+        raise ValueError(f"image {guide.shape[:2]} and scores {p.shape[-2:]} differ in size")
+    mean_i = _box(guide, radius)  # (H, W, 3)
+    cov = np.empty(guide.shape[:2] + (3, 3), np.float32)
+    for a in range(3):
+        for b in range(a, 3):
+            cov[..., a, b] = cov[..., b, a] = _box(guide[..., a] * guide[..., b], radius) - mean_i[..., a] * mean_i[..., b]
+    inv = np.linalg.inv(cov + eps * np.eye(3, dtype=np.float32))
+    out = np.empty_like(p)
+    for k in range(p.shape[0]):
+        mean_p = _box(p[k], radius)
+        cov_ip = _box(guide * p[k][..., None], radius) - mean_i * mean_p[..., None]
+        a = np.einsum("hwij,hwj->hwi", inv, cov_ip)
+        b = mean_p - (a * mean_i).sum(-1)
+        out[k] = (_box(a, radius) * guide).sum(-1) + _box(b, radius)
+    return torch.from_numpy(out)
+
+
+def white_pixels(rgb: np.ndarray, threshold: int = 200, min_size: int = 64) -> np.ndarray:
+    """``(H, W)`` bool: glass/background, grey level above ``threshold``, blobs under ``min_size`` px dropped."""
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8), cv2.COLOR_RGB2GRAY)
+    white = (grey > threshold).astype(np.uint8)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(white, connectivity=4)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_size
+    keep[0] = False
+    return keep[comp]
+
+
+def to_input(images: np.ndarray, normalize: Normalize) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(normalize[0], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(normalize[1], dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+"""Flip test-time augmentation: the identity and the three flips."""
+
+
+@torch.no_grad()
+def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
+               weights: Sequence[float] | None = DEFAULT_WEIGHTS, tta: bool = True) -> torch.Tensor:
+    """``(N, K, H, W)`` fused class activation maps of uint8 patches ``(N, H, W, 3)``, each class in [0, 1].
+
+    Every depth of ``model.forward_maps`` is upsampled to the patch (averaged over the flips
+    with ``tta``), normalised per class and patch, fused with ``weights``, and normalised again.
+    """
+    model.eval()
+    x = to_input(images, normalize)
+    size = tuple(x.shape[-2:])
+    flips = FLIPS if tta else FLIPS[:1]
+    depths: list[torch.Tensor] | None = None
+    for dims in flips:
+        maps = model.forward_maps(x.flip(dims) if dims else x)
+        up = [F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False) for m in maps]
+        up = [u.flip(dims) if dims else u for u in up]
+        depths = up if depths is None else [a + b for a, b in zip(depths, up)]
+    fused = fuse_cams([normalise_per_class(d) for d in depths], weights, size)
+    return normalise_per_class(fused)
+
+
+@dataclass(frozen=True)
+class CamOptions:
+    """How class maps become pseudo-masks.
+
+    ``weights``: fusion weights of the depths (shallow to deep); ``tta``: flip averaging;
+    ``refine_radius`` > 0: guided filter of that radius (px) and ``refine_eps``;
+    ``white``: grey level above which pixels are ignored as glass (None: none ignored,
+    e.g. when white fat is a class); ``batch``: patches per forward pass.
+    """
+
+    weights: tuple[float, ...] = DEFAULT_WEIGHTS
+    tta: bool = True
+    refine_radius: int = 0
+    refine_eps: float = 1e-3
+    white: int | None = None
+    batch: int = 16
+
+
+def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, normalize: Normalize,
+                       options: CamOptions = CamOptions()) -> np.ndarray:
+    """``(N, H, W)`` uint8 pseudo-masks of uint8 patches ``(N, H, W, 3)`` with multi-hot ``labels`` ``(N, K)``."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    out = np.empty(images.shape[:3], np.uint8)
+    for s in range(0, len(images), options.batch):
+        batch = images[s : s + options.batch]
+        need = labels[s : s + options.batch].sum(axis=1) > 1  # single-label and unlabelled patches need no maps
+        cams = patch_cams(model, batch[need], normalize, options.weights, options.tta) if need.any() else None
+        j = 0
+        for i, (rgb, lab) in enumerate(zip(batch, labels[s : s + options.batch])):
+            scores = torch.zeros((lab.size, *rgb.shape[:2]))
+            if need[i]:
+                scores, j = cams[j], j + 1
+                if options.refine_radius > 0:
+                    scores = refine(rgb, restrict_to_labels(scores, lab), options.refine_radius, options.refine_eps)
+            ignore = white_pixels(rgb, options.white) if options.white is not None else None
+            out[s + i] = pseudo_mask(scores, lab, ignore)
+    return out
+
+
+def class_gate(probs: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+    """``(..., K)`` bool: the classes with probability at least ``threshold``; the most likely one when none is."""
+    p = _tensor(probs).numpy()
+    gate = p >= threshold
+    top = p == p.max(axis=-1, keepdims=True)
+    return np.where(gate.any(axis=-1, keepdims=True), gate, top)
+
+
+@torch.no_grad()
+def patch_gates(model: torch.nn.Module, rgb: np.ndarray, size: int, normalize: Normalize,
+                threshold: float = 0.5, tta: bool = True) -> np.ndarray:
+    """``(K, H, W)`` bool: per ``size`` px patch of a region (grid from the top left, edges padded
+    white), the classes the classifier finds there (:func:`class_gate`)."""
+    h, w = rgb.shape[:2]
+    corners = [(x, y) for y in range(0, h, size) for x in range(0, w, size)]
+    patches = np.stack([crop(rgb, x, y, size, size, fill=255) for x, y in corners])
+    x = to_input(patches, normalize)
+    flips = FLIPS if tta else FLIPS[:1]
+    model.eval()
+    probs = sum(torch.sigmoid(model(x.flip(d) if d else x)) for d in flips) / len(flips)
+    gates = class_gate(probs, threshold)
+    out = np.zeros((gates.shape[1], h, w), bool)
+    for (x0, y0), g in zip(corners, gates):
+        out[:, y0 : y0 + size, x0 : x0 + size] = g[:, None, None]
+    return out
+
+
+def gated_argmax(probs: np.ndarray | torch.Tensor, gate: np.ndarray) -> np.ndarray:
+    """``(H, W)`` uint8: the most likely class of ``probs`` ``(K, H, W)`` among those ``gate`` ``(K, H, W)`` allows."""
+    p = _tensor(probs).numpy()
+    return np.where(gate, p, -1.0).argmax(axis=0).astype(np.uint8)
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """SHA-1 of a model's parameters and buffers (names, shapes, values)."""
+    sha = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        sha.update(name.encode())
+        sha.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
+    return sha.hexdigest()
+
+
+def _is_grid(df: pd.DataFrame) -> bool:
+    if not {"x", "y", "size"} <= set(df.columns):
+        return False
+    if df["size"].nunique() != 1:
+        raise ValueError("pseudo-masks: manifest mixes patch sizes")
+    size = int(df["size"].iloc[0])
+    if ((df["x"] % size) != 0).any() or ((df["y"] % size) != 0).any():
+        raise ValueError(f"pseudo-masks: patches are not on a {size}-pixel grid (tile with stride = size)")
+    if df.duplicated(["image_path", "x", "y"]).any():
+        raise ValueError("pseudo-masks: the manifest holds a patch twice")
+    return True
+
+
+class CamPseudoMasks:
+    """The CAM pseudo-masks of every labelled patch of a table, assembled per image, as a ``label_source``.
+
+    ``df``: a tile manifest with ``size == stride`` (the patches tile their regions; each
+    region gets one mask, :data:`IGNORE` where no patch lies) or a table of whole images
+    (``weaklabels.read_weak_folder``; one mask per image). Only its ``label_<class>``
+    columns are read, never a mask. Every mask is computed once (in the constructor) into
+    the region cache, keyed by the classifier's weights, ``options`` and the labels; calling
+    the object with an image path returns the ``(H, W)`` uint8 memory map. Picklable
+    (the classifier is left behind: workers only read the cache).
+    """
+
+    def __init__(self, df: pd.DataFrame, scheme: ClassScheme, cache: RegionCache, model: torch.nn.Module,
+                 normalize: Normalize, options: CamOptions = CamOptions(), quiet: bool = False):
+        cols = label_columns(df, scheme)
+        self.cache, self.options, self.normalize = cache, options, normalize
+        self.model: torch.nn.Module | None = model
+        self.grid = _is_grid(df)
+        self._rows = {str(p): rows for p, rows in df.groupby("image_path", sort=False)}
+        self._cols = cols
+        digest = model_digest(model) + repr((astuple(options), [list(v) for v in normalize]))
+        self._tags: dict[str, str] = {}
+        for path, rows in self._rows.items():
+            what = rows[cols].to_numpy(np.uint8).tobytes()
+            if self.grid:
+                what += rows[["x", "y", "size"]].to_numpy(np.int64).tobytes()
+            self._tags[path] = "campm-" + hashlib.sha1(digest.encode() + what).hexdigest()[:16]
+        for path in tqdm(self._rows, desc="CAM pseudo-masks", disable=quiet or None, file=sys.stderr, leave=False):
+            self(path)
+
+    def _make(self, path: str) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError(f"{path}: pseudo-mask not in the cache and no classifier here to make it")
+        rows = self._rows[path]
+        region = self.cache.image(path)
+        labels = rows[self._cols].to_numpy(np.uint8)
+        if not self.grid:
+            return patch_pseudo_masks(self.model, np.asarray(region)[None], labels[:1], self.normalize,
+                                      self.options)[0]
+        size = int(rows["size"].iloc[0])
+        h, w = region.shape[:2]
+        out = np.full((h, w), IGNORE, np.uint8)
+        xys = rows[["x", "y"]].to_numpy(np.int64)
+        for s in range(0, len(xys), self.options.batch):
+            chunk = xys[s : s + self.options.batch]
+            patches = np.stack([crop(region, x, y, size, size, fill=255) for x, y in chunk])
+            masks = patch_pseudo_masks(self.model, patches, labels[s : s + len(chunk)], self.normalize, self.options)
+            for (x, y), m in zip(chunk, masks):
+                out[y : y + size, x : x + size] = m[: h - y, : w - x]
+        return out
+
+    def __call__(self, path: str) -> np.ndarray:
+        path = str(path)
+        return self.cache.get(Path(path), self._tags[path], lambda _: self._make(path))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "model": None}
+
+    def pixel_counts(self, num_classes: int) -> np.ndarray:
+        """Pixels of every class over all pseudo-masks (for class weights)."""
+        return sum(count_codes(np.asarray(self(p)))[:num_classes] for p in self._rows)
+
+    def write_previews(self, folder: str | Path, scheme: ClassScheme) -> None:
+        """Palette PNGs ``<folder>/<stem>.png`` (longest side at most :data:`PREVIEW_SIDE`), to look at."""
+        for path in self._rows:
+            mask = self(path)
+            step = -(-max(mask.shape) // PREVIEW_SIDE)
+            io.write_png(Path(folder) / f"{Path(path).stem}.png",
+                         colorize(np.ascontiguousarray(mask[::step, ::step]), scheme))
