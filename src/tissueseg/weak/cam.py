@@ -18,8 +18,9 @@ label map per patch, which trains an ordinary segmenter with the cross-entropy (
 :func:`patch_cams` and :func:`patch_pseudo_masks` run a classifier over batches of patches
 (with flip test-time augmentation), :class:`CamPseudoMasks` over every labelled patch of a
 manifest or folder table, as a ``label_source`` of :class:`~tissueseg.data.PatchDataset`.
-:func:`class_gate` and :func:`patch_gates` give the classes a patch holds according to the
-classifier (for prediction, when no labels are known).
+:func:`class_gate`, :func:`patch_labels` and :func:`patch_gates` give the classes a patch holds
+according to the classifier (for prediction, when no labels are known); with
+:func:`region_pseudo_mask` they make the classifier a segmenter on its own (stage 1 only).
 """
 
 from __future__ import annotations
@@ -236,6 +237,26 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
     return out
 
 
+def region_pseudo_mask(model: torch.nn.Module, region: np.ndarray, corners: np.ndarray, size: int, labels: np.ndarray,
+                       normalize: Normalize, options: CamOptions = CamOptions()) -> np.ndarray:
+    """``(H, W)`` uint8 pseudo-mask of a region from its non-overlapping ``size`` px patches.
+
+    ``corners``: ``(N, 2)`` top-left ``(x, y)`` of the labelled patches (parts past the
+    region are padded white for the classifier and cut off the mask); ``labels``: their
+    ``(N, K)`` multi-hot labels. Pixels under no patch are :data:`IGNORE`.
+    """
+    h, w = region.shape[:2]
+    out = np.full((h, w), IGNORE, np.uint8)
+    corners = np.asarray(corners, np.int64).reshape(-1, 2)
+    for s in range(0, len(corners), options.batch):
+        chunk = corners[s : s + options.batch]
+        patches = np.stack([crop(region, x, y, size, size, fill=255) for x, y in chunk])
+        masks = patch_pseudo_masks(model, patches, labels[s : s + len(chunk)], normalize, options)
+        for (x, y), m in zip(chunk, masks):
+            out[max(y, 0) : y + size, max(x, 0) : x + size] = m[max(-y, 0) : h - y, max(-x, 0) : w - x]
+    return out
+
+
 def class_gate(probs: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
     """``(..., K)`` bool: the classes with probability at least ``threshold``; the most likely one when none is."""
     p = _tensor(probs).numpy()
@@ -245,18 +266,28 @@ def class_gate(probs: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.n
 
 
 @torch.no_grad()
-def patch_gates(model: torch.nn.Module, rgb: np.ndarray, size: int, normalize: Normalize,
-                threshold: float = 0.5, tta: bool = True) -> np.ndarray:
-    """``(K, H, W)`` bool: per ``size`` px patch of a region (grid from the top left, edges padded
-    white), the classes the classifier finds there (:func:`class_gate`)."""
+def patch_labels(model: torch.nn.Module, rgb: np.ndarray, size: int, normalize: Normalize,
+                 threshold: float = 0.5, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier's labels of the non-overlapping ``size`` px patches of a region (for prediction).
+
+    Returns the ``(N, 2)`` top-left corners ``(x, y)`` (grid from the top left, edges padded
+    white) and ``(N, K)`` bool :func:`class_gate` of each patch's probabilities.
+    """
     h, w = rgb.shape[:2]
-    corners = [(x, y) for y in range(0, h, size) for x in range(0, w, size)]
+    corners = np.array([(x, y) for y in range(0, h, size) for x in range(0, w, size)], np.int64)
     patches = np.stack([crop(rgb, x, y, size, size, fill=255) for x, y in corners])
     x = to_input(patches, normalize)
     flips = FLIPS if tta else FLIPS[:1]
     model.eval()
     probs = sum(torch.sigmoid(model(x.flip(d) if d else x)) for d in flips) / len(flips)
-    gates = class_gate(probs, threshold)
+    return corners, class_gate(probs, threshold)
+
+
+def patch_gates(model: torch.nn.Module, rgb: np.ndarray, size: int, normalize: Normalize,
+                threshold: float = 0.5, tta: bool = True) -> np.ndarray:
+    """``(K, H, W)`` bool: at every pixel, the classes :func:`patch_labels` finds in its patch."""
+    corners, gates = patch_labels(model, rgb, size, normalize, threshold, tta)
+    h, w = rgb.shape[:2]
     out = np.zeros((gates.shape[1], h, w), bool)
     for (x0, y0), g in zip(corners, gates):
         out[:, y0 : y0 + size, x0 : x0 + size] = g[:, None, None]
@@ -330,17 +361,8 @@ class CamPseudoMasks:
         if not self.grid:
             return patch_pseudo_masks(self.model, np.asarray(region)[None], labels[:1], self.normalize,
                                       self.options)[0]
-        size = int(rows["size"].iloc[0])
-        h, w = region.shape[:2]
-        out = np.full((h, w), IGNORE, np.uint8)
-        xys = rows[["x", "y"]].to_numpy(np.int64)
-        for s in range(0, len(xys), self.options.batch):
-            chunk = xys[s : s + self.options.batch]
-            patches = np.stack([crop(region, x, y, size, size, fill=255) for x, y in chunk])
-            masks = patch_pseudo_masks(self.model, patches, labels[s : s + len(chunk)], self.normalize, self.options)
-            for (x, y), m in zip(chunk, masks):
-                out[y : y + size, x : x + size] = m[: h - y, : w - x]
-        return out
+        return region_pseudo_mask(self.model, region, rows[["x", "y"]].to_numpy(np.int64), int(rows["size"].iloc[0]),
+                                  labels, self.normalize, self.options)
 
     def __call__(self, path: str) -> np.ndarray:
         path = str(path)
