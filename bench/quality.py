@@ -194,7 +194,7 @@ class PatchLabelRun:
         def make() -> tuple:
             model, cost = self.classifier(size)
             corners, labels, _, _ = self.patches(size)
-            options = cam.CamOptions(tta="nocamtta" not in key, refine_radius=self.args.gf_radius if "gf" in key else 0,
+            options = cam.CamOptions(tta="none" if "nocamtta" in key else "flip", refine_radius=self.args.gf_radius if "gf" in key else 0,
                                      refine_eps=self.args.gf_eps, white=200 if "white" in key else None)
             start = time.perf_counter()
             out = [(rgb, cam.region_pseudo_mask(model, rgb, xy, size, lab, self.norm, options))

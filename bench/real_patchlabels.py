@@ -58,7 +58,7 @@ VARIANTS: dict[str, cam.CamOptions] = {
     "cam deep only": cam.CamOptions(weights=(0, 0, 1)),
     "cam shallow only": cam.CamOptions(weights=(1, 0, 0)),
     "cam equal weights": cam.CamOptions(weights=(1, 1, 1)),
-    "cam no flip TTA": cam.CamOptions(tta=False),
+    "cam no flip TTA": cam.CamOptions(tta="none"),
 }
 
 

@@ -111,7 +111,7 @@ def test_patch_pseudo_masks_follow_the_class_maps_with_and_without_tta():
     truth = np.repeat(np.array([0] * 21 + [1] * 21 + [2] * 22, np.uint8)[None], 64, 0)
     images = np.stack([rgb, rgb, rgb])
     labels = np.array([[1, 1, 1], [1, 0, 1], [0, 1, 0]])
-    for tta in (False, True):
+    for tta in ("none", "flip", "d4"):
         masks = cam.patch_pseudo_masks(ColourModel(), images, labels, IDENTITY, cam.CamOptions(weights=(0.5, 0.5),
                                                                                                tta=tta))
         assert (masks[0] == truth)[:, 4:-4].mean() > 0.9  # the 8 px maps blur the stripes' edges a little
@@ -159,7 +159,7 @@ def test_cam_pseudo_masks_source_is_cached_once_and_picklable(tmp_path):
     df = df[~((df["x"] == 48) & (df["y"] == 48))]  # one patch without a manifest row: ignored
     cache = RegionCache(tmp_path / "cache")
     model = ColourModel()
-    options = cam.CamOptions(weights=(0.5, 0.5), tta=False)
+    options = cam.CamOptions(weights=(0.5, 0.5), tta="none")
     source = cam.CamPseudoMasks(df, _scheme(), cache, model, IDENTITY, options, quiet=True)
     path = str(df["image_path"].iloc[0])
     mask = np.asarray(source(path))
@@ -177,7 +177,7 @@ def test_cam_pseudo_masks_source_is_cached_once_and_picklable(tmp_path):
     np.testing.assert_array_equal(source.pixel_counts(3), np.bincount(mask[known], minlength=3))
     source.write_previews(tmp_path / "previews", _scheme())
     assert io.read_image(tmp_path / "previews" / "region.png").shape == (64, 96, 3)
-    other = cam.CamPseudoMasks(df, _scheme(), cache, model, IDENTITY, cam.CamOptions(weights=(1.0, 0.0), tta=False),
+    other = cam.CamPseudoMasks(df, _scheme(), cache, model, IDENTITY, cam.CamOptions(weights=(1.0, 0.0), tta="none"),
                                quiet=True)
     assert model.calls > calls  # other options: computed anew
     ds = PatchDataset(df, _scheme(), cache, mode="full", label_source=other, normalize=IDENTITY)
@@ -190,7 +190,7 @@ def test_cam_pseudo_masks_of_whole_images(tmp_path):
     df = pd.DataFrame({"image_path": [str(p) for p in paths], "label_red": [1, 0], "label_green": [0, 1],
                        "label_blue": [1, 0]})
     source = cam.CamPseudoMasks(df, _scheme(), RegionCache(tmp_path / "c"), ColourModel(), IDENTITY,
-                                cam.CamOptions(weights=(0.5, 0.5), tta=False), quiet=True)
+                                cam.CamOptions(weights=(0.5, 0.5), tta="none"), quiet=True)
     first, second = np.asarray(source(str(paths[0]))), np.asarray(source(str(paths[1])))
     assert set(np.unique(first)) == {0, 2} and (first[:, :12] == 0).all() and (first[:, -12:] == 2).all()
     assert (second == 1).all()
@@ -201,3 +201,15 @@ def test_cam_pseudo_masks_refuse_overlapping_patches(tmp_path):
     df.loc[0, "x"] = 16
     with pytest.raises(ValueError, match="grid"):
         cam.CamPseudoMasks(df, _scheme(), RegionCache(tmp_path / "c"), ColourModel(), IDENTITY, quiet=True)
+
+
+def test_tta_and_scales_undo_their_transforms():
+    """The stand-in model commutes with flips and quarter turns: every TTA gives the plain maps back."""
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    plain = cam.patch_cams(ColourModel(), rgb, IDENTITY, (0.5, 0.5), tta="none")
+    for tta in ("flip", "d4"):
+        torch.testing.assert_close(cam.patch_cams(ColourModel(), rgb, IDENTITY, (0.5, 0.5), tta=tta), plain)
+    wide = np.concatenate([rgb, rgb], axis=2)  # 32 x 64: quarter turns change the shape
+    assert cam.patch_cams(ColourModel(), wide, IDENTITY, (0.5, 0.5), tta="d4").shape == (2, 3, 32, 64)
+    stripes = cam.patch_cams(ColourModel(), _stripes()[None], IDENTITY, (0.5, 0.5), tta="none", scales=(1.0, 2.0))
+    assert stripes.shape == (1, 3, 64, 64) and (stripes[0].argmax(0)[:, 24:40] == 1).all()

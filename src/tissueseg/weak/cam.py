@@ -16,7 +16,7 @@ label map per patch, which trains an ordinary segmenter with the cross-entropy (
    :func:`white_pixels`, glass, when the scheme has no background class) are ignored.
 
 :func:`patch_cams` and :func:`patch_pseudo_masks` run a classifier over batches of patches
-(with flip test-time augmentation), :class:`CamPseudoMasks` over every labelled patch of a
+(with flip or dihedral test-time augmentation), :class:`CamPseudoMasks` over every labelled patch of a
 manifest or folder table, as a ``label_source`` of :class:`~tissueseg.data.PatchDataset`.
 :func:`class_gate`, :func:`patch_labels` and :func:`patch_gates` give the classes a patch holds
 according to the classifier (for prediction, when no labels are known); with
@@ -30,6 +30,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -175,25 +176,48 @@ def to_input(images: np.ndarray, normalize: Normalize) -> torch.Tensor:
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 """Flip test-time augmentation: the identity and the three flips."""
 
+Tta = Literal["none", "flip", "d4"]
+TTAS: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
+    "none": ((0, ()),),
+    "flip": tuple((0, f) for f in FLIPS),
+    "d4": tuple((k, f) for k in (0, 1) for f in FLIPS),
+}
+"""Test-time augmentations as ``(quarter turns, flipped dims)``: none, the 4 flips, the 8 of the dihedral group."""
+
+
+def _forward(x: torch.Tensor, turns: int, dims: tuple[int, ...]) -> torch.Tensor:
+    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+    return x.flip(dims) if dims else x
+
+
+def _inverse(x: torch.Tensor, turns: int, dims: tuple[int, ...]) -> torch.Tensor:
+    x = x.flip(dims) if dims else x
+    return torch.rot90(x, -turns, dims=(-2, -1)) if turns else x
+
 
 @torch.no_grad()
 def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
-               weights: Sequence[float] | None = DEFAULT_WEIGHTS, tta: bool = True) -> torch.Tensor:
+               weights: Sequence[float] | None = DEFAULT_WEIGHTS, tta: Tta = "flip",
+               scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """``(N, K, H, W)`` fused class activation maps of uint8 patches ``(N, H, W, 3)``, each class in [0, 1].
 
-    Every depth of ``model.forward_maps`` is upsampled to the patch (averaged over the flips
-    with ``tta``), normalised per class and patch, fused with ``weights``, and normalised again.
+    Every depth of ``model.forward_maps`` is upsampled to the patch and averaged over the
+    test-time augmentations ``tta`` (:data:`TTAS`) and the input ``scales``, then normalised
+    per class and patch, fused with ``weights``, and normalised again.
     """
     model.eval()
     x = to_input(images, normalize)
     size = tuple(x.shape[-2:])
-    flips = FLIPS if tta else FLIPS[:1]
     depths: list[torch.Tensor] | None = None
-    for dims in flips:
-        maps = model.forward_maps(x.flip(dims) if dims else x)
-        up = [F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False) for m in maps]
-        up = [u.flip(dims) if dims else u for u in up]
-        depths = up if depths is None else [a + b for a, b in zip(depths, up)]
+    for scale in scales:
+        xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        for turns, dims in TTAS[tta]:
+            maps = model.forward_maps(_forward(xs, turns, dims))
+            up = [_inverse(F.interpolate(m.float(), size=tuple(_forward(xs, turns, dims).shape[-2:]), mode="bilinear",
+                                         align_corners=False), turns, dims) for m in maps]
+            if scale != 1:
+                up = [F.interpolate(u, size=size, mode="bilinear", align_corners=False) for u in up]
+            depths = up if depths is None else [a + b for a, b in zip(depths, up)]
     fused = fuse_cams([normalise_per_class(d) for d in depths], weights, size)
     return normalise_per_class(fused)
 
@@ -202,14 +226,16 @@ def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
 class CamOptions:
     """How class maps become pseudo-masks.
 
-    ``weights``: fusion weights of the depths (shallow to deep); ``tta``: flip averaging;
+    ``weights``: fusion weights of the depths (shallow to deep); ``tta``: test-time
+    augmentation of the maps (:data:`TTAS`); ``scales``: input scales whose maps are averaged;
     ``refine_radius`` > 0: guided filter of that radius (px) and ``refine_eps``;
     ``white``: grey level above which pixels are ignored as glass (None: none ignored,
     e.g. when white fat is a class); ``batch``: patches per forward pass.
     """
 
     weights: tuple[float, ...] = DEFAULT_WEIGHTS
-    tta: bool = True
+    tta: Tta = "flip"
+    scales: tuple[float, ...] = (1.0,)
     refine_radius: int = 0
     refine_eps: float = 1e-3
     white: int | None = None
@@ -224,7 +250,7 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
     for s in range(0, len(images), options.batch):
         batch = images[s : s + options.batch]
         need = labels[s : s + options.batch].sum(axis=1) > 1  # single-label and unlabelled patches need no maps
-        cams = patch_cams(model, batch[need], normalize, options.weights, options.tta) if need.any() else None
+        cams = patch_cams(model, batch[need], normalize, options.weights, options.tta, options.scales) if need.any() else None
         j = 0
         for i, (rgb, lab) in enumerate(zip(batch, labels[s : s + options.batch])):
             scores = torch.zeros((lab.size, *rgb.shape[:2]))
