@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tissueseg import io, tiling
 from tissueseg.losses import build_loss
 from tissueseg.metrics import confusion_matrix, scores
-from tissueseg.models import ModelConfig, build_model, normalization
+from tissueseg.models import ModelConfig, build_model, encoders, normalization
 from tissueseg.schemes import IGNORE, ClassScheme, load_scheme
 from tissueseg.weak import labelgrid
 from tissueseg.weak.pseudomask import pseudo_mask
@@ -267,6 +267,7 @@ class PatchLabelRun:
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
+    encoders.shipped_state_dict("efficientnet_lite0")  # built once here: its random init must not shift the seeds
     scheme = load_scheme(args.scheme)
     k, names = scheme.num_classes, scheme.names
     t0 = time.perf_counter()

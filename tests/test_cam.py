@@ -211,3 +211,14 @@ def test_tta_undoes_its_transforms():
         torch.testing.assert_close(cam.patch_cams(ColourModel(), rgb, IDENTITY, (0.5, 0.5), tta=tta), plain)
     wide = np.concatenate([rgb, rgb], axis=2)  # 32 x 64: quarter turns change the shape
     assert cam.patch_cams(ColourModel(), wide, IDENTITY, (0.5, 0.5), tta="d4").shape == (2, 3, 32, 64)
+
+
+def test_min_score_ignores_pixels_no_label_explains():
+    rgb = _stripes()
+    rgb[:, :8] = 0  # black: no class map responds
+    masks = cam.patch_pseudo_masks(ColourModel(), rgb[None], np.array([[1, 1, 1]]), IDENTITY,
+                                   cam.CamOptions(weights=(1.0, 0.0), tta="none", min_score=0.3))
+    assert (masks[0][:, :4] == IGNORE).all() and (masks[0][:, 12:] != IGNORE).all()
+    whole = cam.patch_pseudo_masks(ColourModel(), rgb[None], np.array([[0, 1, 0]]), IDENTITY,
+                                   cam.CamOptions(min_score=0.3))
+    assert (whole == 1).all()  # a single-label patch stays whole

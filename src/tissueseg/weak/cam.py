@@ -227,7 +227,9 @@ class CamOptions:
     augmentation of the maps (:data:`TTAS`);
     ``refine_radius`` > 0: guided filter of that radius (px) and ``refine_eps``;
     ``white``: grey level above which pixels are ignored as glass (None: none ignored,
-    e.g. when white fat is a class); ``batch``: patches per forward pass.
+    e.g. when white fat is a class); ``min_score``: pixels of a mixed patch where no
+    label's score reaches it are ignored (glass, uncertain boundaries); ``batch``: patches
+    per forward pass.
     """
 
     weights: tuple[float, ...] | None = DEFAULT_WEIGHTS
@@ -235,6 +237,7 @@ class CamOptions:
     refine_radius: int = 0
     refine_eps: float = 1e-3
     white: int | None = None
+    min_score: float = 0.0
     batch: int = 16
 
 
@@ -250,11 +253,12 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
         j = 0
         for i, (rgb, lab) in enumerate(zip(batch, labels[s : s + options.batch])):
             scores = torch.zeros((lab.size, *rgb.shape[:2]))
+            ignore = white_pixels(rgb, options.white) if options.white is not None else np.zeros(rgb.shape[:2], bool)
             if need[i]:
-                scores, j = cams[j], j + 1
+                scores, j = restrict_to_labels(cams[j], lab), j + 1
                 if options.refine_radius > 0:
-                    scores = refine(rgb, restrict_to_labels(scores, lab), options.refine_radius, options.refine_eps)
-            ignore = white_pixels(rgb, options.white) if options.white is not None else None
+                    scores = refine(rgb, scores, options.refine_radius, options.refine_eps)
+                ignore |= scores.amax(dim=0).numpy() < options.min_score
             out[s + i] = pseudo_mask(scores, lab, ignore)
     return out
 
