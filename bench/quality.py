@@ -97,14 +97,18 @@ METHODS = ("full", "mil-max", "sigmoid-max", "lse", "grid-32-set", "grid-128", "
 Labels of whole ``P`` px patches (non-overlapping, edge padded, as ``tissueseg tile --size P --stride P``):
 ``<mil>@P`` (a MIL loss on whole patches), ``cam@P[+opt...]`` (stage 1: multi-label patch classifier,
 CAM pseudo-masks; stage 2: DeepLabv3+ on them), ``mosaic@P[+opt...]`` (stage 2 on mosaics of single-label
-patches only). Options: ``gf`` guided-filter refinement of the CAMs, ``white`` glass ignored in the
-pseudo-masks, ``nocamtta`` CAMs without flip averaging, ``mosaic`` stage-2 batches half mosaics of
-single-label patches, ``pmosaic`` mosaics also from one-class windows of the pseudo-masks, ``gate`` class
-gate of the classifier per patch at prediction, ``notta`` prediction without flip TTA, ``stage1`` the
-classifier's own gated CAMs as the prediction (no stage 2)."""
+patches only), ``pisto@P[+opt...]`` (PistoSeg's route: half the steps on mosaics, then the rest on that
+model's label-restricted predictions on the real patches). Options: ``gf`` guided-filter refinement of the
+CAMs, ``white`` glass ignored in the pseudo-masks, ``min`` pixels of mixed patches where no label's CAM
+reaches ``--min-score`` ignored, ``nocamtta`` CAMs without flip averaging, ``mosaic`` stage-2 batches partly
+mosaics of single-label patches (``--mosaic-mix``), ``pmosaic`` mosaics also from one-class windows of the
+pseudo-masks, ``r2`` stage 2 in two rounds (the second on the first's label-restricted predictions),
+``eq`` stage 2 shortened by the classifier's steps (equal samples), ``gate`` class gate of the classifier
+per patch at prediction, ``notta`` prediction without flip TTA, ``stage1`` the classifier's own gated
+CAMs as the prediction (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
-STAGE2_OPTS = ("gf", "white", "nocamtta", "mosaic", "pmosaic")
+STAGE2_OPTS = ("gf", "white", "min", "nocamtta", "mosaic", "pmosaic", "r2", "eq")
 PREDICT_OPTS = ("gate", "notta", "stage1")
 
 
@@ -113,7 +117,7 @@ def parse(method: str) -> tuple[str, int | None, frozenset[str]]:
     head, *opts = method.split("+")
     base, _, patch = head.partition("@")
     unknown = set(opts) - set(STAGE2_OPTS) - set(PREDICT_OPTS)
-    if unknown or (opts and base not in ("cam", "mosaic")):
+    if unknown or (opts and base not in ("cam", "mosaic", "pisto")):
         raise SystemExit(f"method {method!r}: unknown options {sorted(unknown) or opts}")
     return base, int(patch) if patch else None, frozenset(opts)
 
@@ -189,13 +193,14 @@ class PatchLabelRun:
 
     def pseudo(self, size: int, opts: frozenset[str]) -> tuple[list[Region], dict, Cost]:
         """The CAM pseudo-masks of the training regions, their scores against the truth, stage 1 + their cost."""
-        key = frozenset(opts & {"gf", "white", "nocamtta"})
+        key = frozenset(opts & {"gf", "white", "min", "nocamtta"})
 
         def make() -> tuple:
             model, cost = self.classifier(size)
             corners, labels, _, _ = self.patches(size)
             options = cam.CamOptions(tta="none" if "nocamtta" in key else "flip", refine_radius=self.args.gf_radius if "gf" in key else 0,
-                                     refine_eps=self.args.gf_eps, white=200 if "white" in key else None)
+                                     refine_eps=self.args.gf_eps, white=200 if "white" in key else None,
+                                     min_score=self.args.min_score if "min" in key else 0.0)
             start = time.perf_counter()
             out = [(rgb, cam.region_pseudo_mask(model, rgb, xy, size, lab, self.norm, options))
                    for (rgb, _), xy, lab in zip(self.train, corners, labels)]
@@ -221,23 +226,40 @@ class PatchLabelRun:
         return MosaicDataset(sources, images.__getitem__, size=a.crop, tile=a.tile, length=10**9, seed=seed)
 
     def segmenter(self, base: str, size: int, opts: frozenset[str]) -> tuple[torch.nn.Module, dict, Cost]:
-        """Stage 2: DeepLabv3+ with the cross-entropy on the pseudo-masks and/or mosaics."""
+        """Stage 2: DeepLabv3+ with the cross-entropy on the pseudo-masks and/or mosaics.
+
+        With ``r2`` (and for ``pisto``) the steps are split in two rounds: after the first, the
+        model's predictions on the training regions, restricted to each patch's labels, are the
+        pseudo-masks of the second (``pisto``: the first round trains on mosaics only).
+        """
         key = frozenset(opts & set(STAGE2_OPTS))
 
         def make() -> tuple:
             a = self.args
-            pm, pm_sc, cost = (None, {}, Cost()) if base == "mosaic" else self.pseudo(size, key)
-            n_mosaic = a.batch if base == "mosaic" else (round(a.mosaic_mix * a.batch) if key & {"mosaic", "pmosaic"} else 0)
-            streams = []
-            if n_mosaic < a.batch:
-                streams.append(crops(pm, a.crop, a.batch - n_mosaic, a.seed))
-            if n_mosaic:
-                streams.append(mosaic_batches(self.mosaics(size, pm if "pmosaic" in key else None, a.seed), n_mosaic))
+            pm, pm_sc, cost = (None, {}, Cost()) if base in ("mosaic", "pisto") else self.pseudo(size, key)
+            steps = a.steps - a.cls_steps if "eq" in key else a.steps
+            rounds = 2 if "r2" in key or base == "pisto" else 1
+            corners, labels, _, _ = self.patches(size)
             torch.manual_seed(a.seed)
             model = build_model(ModelConfig(weights=a.weights), self.k)
             start = time.perf_counter()
-            fit(model, concat_batches(*streams), full_loss, a.steps, self.norm, lr=a.lr, desc=f"{base}@{size} stage 2")
-            return model, pm_sc, cost + _cost(a.steps, a.batch, a.crop, time.perf_counter() - start)
+            for r in range(rounds):
+                if r:
+                    pm = [(rgb, cam.restrict_region(predict_probs(model, rgb, self.norm), xy, size, lab))
+                          for (rgb, _), xy, lab in zip(self.train, corners, labels)]
+                    pm_sc[f"pm{r + 1}"] = pm_scores(pm, self.train, self.k, self.names)["pm_miou"]
+                mosaic_only = base == "mosaic" or (base == "pisto" and r == 0)
+                n_mosaic = a.batch if mosaic_only else round(a.mosaic_mix * a.batch) if key & {"mosaic", "pmosaic"} else 0
+                streams = []
+                if n_mosaic < a.batch:
+                    streams.append(crops(pm, a.crop, a.batch - n_mosaic, a.seed + r))
+                if n_mosaic:
+                    sources = self.mosaics(size, pm if "pmosaic" in key else None, a.seed + r)
+                    streams.append(mosaic_batches(sources, n_mosaic))
+                n = steps // rounds + (steps % rounds if r == rounds - 1 else 0)
+                fit(model, concat_batches(*streams), full_loss, n, self.norm, lr=a.lr,
+                    desc=f"{base}@{size} stage 2 round {r + 1}")
+            return model, pm_sc, cost + _cost(steps, a.batch, a.crop, time.perf_counter() - start)
         return self._once(("segmenter", base, size, key), make)
 
     def predict(self, method: str, rgb: np.ndarray) -> np.ndarray:
@@ -260,7 +282,7 @@ class PatchLabelRun:
         if "stage1" in opts:
             return {}, self.classifier(size)[1]
         _, pm_sc, cost = self.segmenter(base, size, opts)
-        if "gate" in opts and base == "mosaic":
+        if "gate" in opts and base in ("mosaic", "pisto"):
             cost = cost + self.classifier(size)[1]
         return pm_sc, cost
 
@@ -279,7 +301,7 @@ def run(args: argparse.Namespace) -> dict:
     for method in args.methods:
         base, patch, opts = parse(method)
         extra: dict = {}
-        if base in ("cam", "mosaic"):
+        if base in ("cam", "mosaic", "pisto"):
             if patch is None:
                 raise SystemExit(f"method {method!r}: give the patch size, e.g. {base}@256")
             extra, cost = patchlabels.cost(method)
@@ -321,6 +343,7 @@ def run(args: argparse.Namespace) -> dict:
         results[method] = {"miou": sc["miou"], "iou": {n: sc["per_class"][n]["iou"] for n in names},
                            "train_s": cost["seconds"], "samples": cost["samples"], "mpx": cost["mpx"], **extra}
         pm = f"  pseudo-masks {extra['pm_miou']:.3f}" if "pm_miou" in extra else ""
+        pm += f"  round 2 {extra['pm2']:.3f}" if "pm2" in extra else ""
         print(f"{method:16s} mIoU {sc['miou']:.3f}{pm}  ({cost['seconds']:.0f} s)", flush=True)
     return {"scheme": scheme.name, "classes": names, "seed": args.seed, "data_seed": args.data_seed,
             "steps": args.steps, "batch": args.batch, "cls_steps": args.cls_steps, "cls_stride": args.cls_stride,
@@ -338,7 +361,7 @@ def table(res: dict) -> str:
     for m, r in res["methods"].items():
         rel = f"{100 * r['miou'] / full:.0f}%" if full else "-"
         cells = " | ".join(f"{r['iou'][n]:.3f}" for n in names)
-        pm = f"{r['pm_miou']:.3f}" if "pm_miou" in r else "-"
+        pm = " -> ".join(f"{r[key]:.3f}" for key in ("pm_miou", "pm2") if key in r) or "-"
         lines.append(f"| {m} | {cells} | {r['miou']:.3f} | {rel} | {pm} | {r['samples']} | {r['mpx']:.0f} | "
                      f"{r['train_s']:.0f} |")
     lines.append("")
@@ -371,6 +394,7 @@ def main() -> None:
     p.add_argument("--gate", type=float, default=0.5, help="class gate threshold (+gate, +stage1)")
     p.add_argument("--tile", type=int, default=32, help="mosaic tile side (px)")
     p.add_argument("--mosaic-mix", type=float, default=0.5, help="share of mosaics in stage-2 batches (+mosaic)")
+    p.add_argument("--min-score", type=float, default=0.2, help="CAM score under which pixels are ignored (+min)")
     p.add_argument("--gf-radius", type=int, default=16, help="guided filter radius (+gf)")
     p.add_argument("--gf-eps", type=float, default=1e-3, help="guided filter eps (+gf)")
     p.add_argument("--threads", type=int, default=2)

@@ -222,3 +222,14 @@ def test_min_score_ignores_pixels_no_label_explains():
     whole = cam.patch_pseudo_masks(ColourModel(), rgb[None], np.array([[0, 1, 0]]), IDENTITY,
                                    cam.CamOptions(min_score=0.3))
     assert (whole == 1).all()  # a single-label patch stays whole
+
+
+def test_restrict_region_keeps_each_patch_to_its_labels():
+    scores = torch.zeros(3, 20, 30)
+    scores[2] = 1.0  # the segmenter says class 2 everywhere
+    scores[0, :, :15] = 0.5
+    corners = np.array([[0, 0], [15, 0], [0, 15]])  # 15 px patches, edges past the region; (15, 15) unlabelled
+    labels = np.array([[1, 1, 0], [0, 1, 1], [0, 1, 0]])
+    out = cam.restrict_region(scores, corners, 15, labels)
+    assert (out[:15, :15] == 0).all() and (out[:15, 15:] == 2).all() and (out[15:, :15] == 1).all()
+    assert (out[15:, 15:] == IGNORE).all()

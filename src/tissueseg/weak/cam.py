@@ -283,6 +283,22 @@ def region_pseudo_mask(model: torch.nn.Module, region: np.ndarray, corners: np.n
     return out
 
 
+def restrict_region(scores: np.ndarray | torch.Tensor, corners: np.ndarray, size: int, labels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` uint8: per non-overlapping ``size`` px patch, the best of its labels in ``scores`` ``(K, H, W)``.
+
+    E.g. a trained segmenter's probabilities over a region turned into a new, label-restricted
+    pseudo-mask (a second round, or PistoSeg's masks from a segmenter trained on mosaics).
+    Pixels under no patch are :data:`IGNORE`.
+    """
+    scores = _tensor(scores)
+    h, w = scores.shape[-2:]
+    out = np.full((h, w), IGNORE, np.uint8)
+    for (x, y), lab in zip(np.asarray(corners, np.int64).reshape(-1, 2), labels):
+        ys, xs = slice(max(y, 0), min(y + size, h)), slice(max(x, 0), min(x + size, w))
+        out[ys, xs] = pseudo_mask(scores[:, ys, xs], lab)
+    return out
+
+
 def class_gate(probs: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
     """``(..., K)`` bool: the classes with probability at least ``threshold``; the most likely one when none is."""
     p = _tensor(probs).numpy()
