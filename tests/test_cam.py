@@ -233,3 +233,14 @@ def test_restrict_region_keeps_each_patch_to_its_labels():
     out = cam.restrict_region(scores, corners, 15, labels)
     assert (out[:15, :15] == 0).all() and (out[:15, 15:] == 2).all() and (out[15:, :15] == 1).all()
     assert (out[15:, 15:] == IGNORE).all()
+
+
+def test_context_is_seen_but_cut_off():
+    rgb = _stripes(64, 96)  # stripes 32 px wide, on the 32 px patches
+    truth = np.repeat(np.array([0] * 32 + [1] * 32 + [2] * 32, np.uint8)[None], 64, 0)
+    corners = np.array([[x, y] for y in (0, 32) for x in (0, 32, 64)])
+    labels = np.array([[1, 1, 0], [0, 1, 1], [0, 1, 1]] * 2)
+    for context in (0, 16):
+        mask = cam.region_pseudo_mask(ColourModel(), rgb, corners, 32, labels, IDENTITY,
+                                      cam.CamOptions(tta="none", context=context))
+        assert mask.shape == (64, 96) and (mask == truth).mean() > 0.95  # a shifted crop would miss 16 px columns

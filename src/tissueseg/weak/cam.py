@@ -199,23 +199,26 @@ def _inverse(x: torch.Tensor, turns: int, dims: tuple[int, ...]) -> torch.Tensor
 
 @torch.no_grad()
 def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
-               weights: Sequence[float] | None = DEFAULT_WEIGHTS, tta: Tta = "flip") -> torch.Tensor:
-    """``(N, K, H, W)`` fused class activation maps of uint8 patches ``(N, H, W, 3)``, each class in [0, 1].
+               weights: Sequence[float] | None = DEFAULT_WEIGHTS, tta: Tta = "flip", margin: int = 0) -> torch.Tensor:
+    """``(N, K, H, W)`` fused class activation maps of uint8 patches, each class in [0, 1].
 
-    Every depth of ``model.forward_maps`` is upsampled to the patch and averaged over the
-    test-time augmentations ``tta`` (:data:`TTAS`), then normalised per class and patch,
-    fused with ``weights``, and normalised again.
+    ``images`` ``(N, H + 2 margin, W + 2 margin, 3)``: the patches with ``margin`` px of
+    context around them (seen by the classifier, cut off the maps). Every depth of
+    ``model.forward_maps`` is upsampled to the input and averaged over the test-time
+    augmentations ``tta`` (:data:`TTAS`), cropped to the patch, normalised per class and
+    patch, fused with ``weights``, and normalised again.
     """
     model.eval()
     x = to_input(images, normalize)
-    size = tuple(x.shape[-2:])
     depths: list[torch.Tensor] | None = None
     for turns, dims in TTAS[tta]:
         xt = _forward(x, turns, dims)
         up = [_inverse(F.interpolate(m.float(), size=tuple(xt.shape[-2:]), mode="bilinear", align_corners=False),
                        turns, dims) for m in model.forward_maps(xt)]
         depths = up if depths is None else [a + b for a, b in zip(depths, up)]
-    fused = fuse_cams([normalise_per_class(d) for d in depths], weights, size)
+    h, w = x.shape[-2] - 2 * margin, x.shape[-1] - 2 * margin
+    depths = [d[..., margin : margin + h, margin : margin + w] for d in depths]
+    fused = fuse_cams([normalise_per_class(d) for d in depths], weights, (h, w))
     return normalise_per_class(fused)
 
 
@@ -224,12 +227,12 @@ class CamOptions:
     """How class maps become pseudo-masks.
 
     ``weights``: fusion weights of the depths (shallow to deep); ``tta``: test-time
-    augmentation of the maps (:data:`TTAS`);
-    ``refine_radius`` > 0: guided filter of that radius (px) and ``refine_eps``;
-    ``white``: grey level above which pixels are ignored as glass (None: none ignored,
-    e.g. when white fat is a class); ``min_score``: pixels of a mixed patch where no
-    label's score reaches it are ignored (glass, uncertain boundaries); ``batch``: patches
-    per forward pass.
+    augmentation of the maps (:data:`TTAS`); ``refine_radius`` > 0: guided filter of that
+    radius (px) and ``refine_eps``; ``white``: grey level above which pixels are ignored as
+    glass (None: none ignored, e.g. when white fat is a class); ``min_score``: pixels of a
+    mixed patch where no label's score reaches it are ignored (glass, uncertain boundaries);
+    ``context``: px of the region around each patch the classifier sees
+    (:func:`region_pseudo_mask`); ``batch``: patches per forward pass.
     """
 
     weights: tuple[float, ...] | None = DEFAULT_WEIGHTS
@@ -238,20 +241,26 @@ class CamOptions:
     refine_eps: float = 1e-3
     white: int | None = None
     min_score: float = 0.0
+    context: int = 0
     batch: int = 16
 
 
 def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, normalize: Normalize,
-                       options: CamOptions = CamOptions()) -> np.ndarray:
-    """``(N, H, W)`` uint8 pseudo-masks of uint8 patches ``(N, H, W, 3)`` with multi-hot ``labels`` ``(N, K)``."""
+                       options: CamOptions = CamOptions(), margin: int = 0) -> np.ndarray:
+    """``(N, H, W)`` uint8 pseudo-masks of uint8 patches with multi-hot ``labels`` ``(N, K)``.
+
+    ``images`` ``(N, H + 2 margin, W + 2 margin, 3)``: the patches with ``margin`` px of context.
+    """
     images, labels = np.asarray(images), np.asarray(labels)
-    out = np.empty(images.shape[:3], np.uint8)
+    h, w = images.shape[1] - 2 * margin, images.shape[2] - 2 * margin
+    out = np.empty((len(images), h, w), np.uint8)
     for s in range(0, len(images), options.batch):
         batch = images[s : s + options.batch]
         need = labels[s : s + options.batch].sum(axis=1) > 1  # single-label and unlabelled patches need no maps
-        cams = patch_cams(model, batch[need], normalize, options.weights, options.tta) if need.any() else None
+        cams = patch_cams(model, batch[need], normalize, options.weights, options.tta, margin) if need.any() else None
         j = 0
-        for i, (rgb, lab) in enumerate(zip(batch, labels[s : s + options.batch])):
+        for i, (rgb, lab) in enumerate(zip(batch[:, margin : margin + h, margin : margin + w],
+                                           labels[s : s + options.batch])):
             scores = torch.zeros((lab.size, *rgb.shape[:2]))
             ignore = white_pixels(rgb, options.white) if options.white is not None else np.zeros(rgb.shape[:2], bool)
             if need[i]:
@@ -269,15 +278,17 @@ def region_pseudo_mask(model: torch.nn.Module, region: np.ndarray, corners: np.n
 
     ``corners``: ``(N, 2)`` top-left ``(x, y)`` of the labelled patches (parts past the
     region are padded white for the classifier and cut off the mask); ``labels``: their
-    ``(N, K)`` multi-hot labels. Pixels under no patch are :data:`IGNORE`.
+    ``(N, K)`` multi-hot labels. Pixels under no patch are :data:`IGNORE`. The classifier
+    sees each patch with ``options.context`` px of the region around it.
     """
     h, w = region.shape[:2]
     out = np.full((h, w), IGNORE, np.uint8)
     corners = np.asarray(corners, np.int64).reshape(-1, 2)
+    m = options.context
     for s in range(0, len(corners), options.batch):
         chunk = corners[s : s + options.batch]
-        patches = np.stack([crop(region, x, y, size, size, fill=255) for x, y in chunk])
-        masks = patch_pseudo_masks(model, patches, labels[s : s + len(chunk)], normalize, options)
+        patches = np.stack([crop(region, x - m, y - m, size + 2 * m, size + 2 * m, fill=255) for x, y in chunk])
+        masks = patch_pseudo_masks(model, patches, labels[s : s + len(chunk)], normalize, options, margin=m)
         for (x, y), m in zip(chunk, masks):
             out[max(y, 0) : y + size, max(x, 0) : x + size] = m[max(-y, 0) : h - y, max(-x, 0) : w - x]
     return out
