@@ -98,17 +98,19 @@ Labels of whole ``P`` px patches (non-overlapping, edge padded, as ``tissueseg t
 ``<mil>@P`` (a MIL loss on whole patches), ``cam@P[+opt...]`` (stage 1: multi-label patch classifier,
 CAM pseudo-masks; stage 2: DeepLabv3+ on them), ``mosaic@P[+opt...]`` (stage 2 on mosaics of single-label
 patches only), ``pisto@P[+opt...]`` (PistoSeg's route: half the steps on mosaics, then the rest on that
-model's label-restricted predictions on the real patches). Options: ``gf`` guided-filter refinement of the
-CAMs, ``white`` glass ignored in the pseudo-masks, ``min`` pixels of mixed patches where no label's CAM
-reaches ``--min-score`` ignored, ``nocamtta`` CAMs without flip averaging, ``mosaic`` stage-2 batches partly
-mosaics of single-label patches (``--mosaic-mix``), ``pmosaic`` mosaics also from one-class windows of the
-pseudo-masks, ``r2`` stage 2 in two rounds (the second on the first's label-restricted predictions),
-``eq`` stage 2 shortened by the classifier's steps (equal samples), ``gate`` class gate of the classifier
-per patch at prediction, ``notta`` prediction without flip TTA, ``stage1`` the classifier's own gated
-CAMs as the prediction (no stage 2)."""
+model's label-restricted predictions on the real patches). Options:
+
+- pseudo-masks: ``gf`` guided-filter refinement of the CAMs, ``white`` glass ignored, ``min`` pixels of
+  mixed patches where no label's CAM reaches ``--min-score`` ignored, ``ctx`` the classifier sees
+  ``--context`` px around each patch, ``nocamtta`` CAMs without flip averaging;
+- stage 2: ``mosaic`` batches partly mosaics of single-label patches (``--mosaic-mix``), ``pmosaic``
+  mosaics also from one-class windows of the pseudo-masks, ``r2`` two rounds (the second on the first's
+  label-restricted predictions), ``eq`` shortened by the classifier's steps (equal samples);
+- prediction: ``gate`` class gate of the classifier per patch, ``notta`` no flip TTA, ``stage1`` the
+  classifier's own gated CAMs (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
-STAGE2_OPTS = ("gf", "white", "min", "nocamtta", "mosaic", "pmosaic", "r2", "eq")
+STAGE2_OPTS = ("gf", "white", "min", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq")
 PREDICT_OPTS = ("gate", "notta", "stage1")
 
 
@@ -193,14 +195,15 @@ class PatchLabelRun:
 
     def pseudo(self, size: int, opts: frozenset[str]) -> tuple[list[Region], dict, Cost]:
         """The CAM pseudo-masks of the training regions, their scores against the truth, stage 1 + their cost."""
-        key = frozenset(opts & {"gf", "white", "min", "nocamtta"})
+        key = frozenset(opts & {"gf", "white", "min", "ctx", "nocamtta"})
 
         def make() -> tuple:
             model, cost = self.classifier(size)
             corners, labels, _, _ = self.patches(size)
             options = cam.CamOptions(tta="none" if "nocamtta" in key else "flip", refine_radius=self.args.gf_radius if "gf" in key else 0,
                                      refine_eps=self.args.gf_eps, white=200 if "white" in key else None,
-                                     min_score=self.args.min_score if "min" in key else 0.0)
+                                     min_score=self.args.min_score if "min" in key else 0.0,
+                                     context=self.args.context if "ctx" in key else 0)
             start = time.perf_counter()
             out = [(rgb, cam.region_pseudo_mask(model, rgb, xy, size, lab, self.norm, options))
                    for (rgb, _), xy, lab in zip(self.train, corners, labels)]
@@ -395,6 +398,7 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=32, help="mosaic tile side (px)")
     p.add_argument("--mosaic-mix", type=float, default=0.5, help="share of mosaics in stage-2 batches (+mosaic)")
     p.add_argument("--min-score", type=float, default=0.2, help="CAM score under which pixels are ignored (+min)")
+    p.add_argument("--context", type=int, default=64, help="px of context around each patch for the CAMs (+ctx)")
     p.add_argument("--gf-radius", type=int, default=16, help="guided filter radius (+gf)")
     p.add_argument("--gf-eps", type=float, default=1e-3, help="guided filter eps (+gf)")
     p.add_argument("--threads", type=int, default=2)
