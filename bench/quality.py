@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from tissueseg import io, tiling
-from tissueseg.losses import build_loss
+from tissueseg.losses import build_loss, cross_entropy
 from tissueseg.metrics import confusion_matrix, scores
 from tissueseg.models import ModelConfig, build_model, encoders, normalization
 from tissueseg.schemes import IGNORE, ClassScheme, load_scheme
@@ -39,7 +39,7 @@ from tissueseg.weak import labelgrid
 from tissueseg.weak.pseudomask import pseudo_mask
 
 from fitloop import (  # bench/fitloop.py
-    concat_batches, crops, decode, encode, fit, grid_loss, mosaic_batches, patch_batches, predict_probs,
+    concat_batches, crops, decode, encode, fit, grid_loss, labelset_loss, mosaic_batches, patch_batches, predict_probs,
 )
 from tissueseg.data import crop
 from tissueseg.losses import multilabel
@@ -80,6 +80,21 @@ def full_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     return F.cross_entropy(model(x), y.long(), ignore_index=IGNORE)
 
 
+def with_label_sets(mask: np.ndarray, corners: np.ndarray, size: int, labels: np.ndarray) -> np.ndarray:
+    """A pseudo-mask and its patches' label sets in one int64 map: ``class << 16 | label-set bits``."""
+    bits = np.zeros(mask.shape, np.int64)
+    for (x, y), code in zip(corners, encode(labels)):
+        bits[max(y, 0) : y + size, max(x, 0) : x + size] = code
+    return mask.astype(np.int64) << 16 | bits
+
+
+def set_loss(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the pseudo-mask (``t >> 16``) plus the label-set loss of the patch labels (``t & 0xFFFF``)."""
+    logits = model(x)
+    mask, bits = (t >> 16) & 0xFF, t & 0xFFFF
+    return cross_entropy(logits, mask, ignore_index=IGNORE) + labelset_loss(logits, bits)
+
+
 def mil_loss(name: str, k: int) -> Callable:
     """A MIL loss of tissueseg.losses on the FCN's coarse maps, with the crop's image labels."""
     mil = build_loss(name)
@@ -101,16 +116,19 @@ patches only), ``pisto@P[+opt...]`` (PistoSeg's route: half the steps on mosaics
 model's label-restricted predictions on the real patches). Options:
 
 - pseudo-masks: ``gf`` guided-filter refinement of the CAMs, ``white`` glass ignored, ``min`` pixels of
-  mixed patches where no label's CAM reaches ``--min-score`` ignored, ``ctx`` the classifier sees
+  mixed patches where no label's CAM reaches ``--min-score`` ignored, ``margin`` pixels whose best label
+  beats the second by less than ``--margin`` ignored, ``ctx`` the classifier sees
   ``--context`` px around each patch, ``nocamtta`` CAMs without flip averaging;
 - stage 2: ``mosaic`` batches partly mosaics of single-label patches (``--mosaic-mix``), ``pmosaic``
   mosaics also from one-class windows of the pseudo-masks, ``r2`` two rounds (the second on the first's
-  label-restricted predictions), ``eq`` shortened by the classifier's steps (equal samples);
+  label-restricted predictions), ``eq`` shortened by the classifier's steps (equal samples), ``set``
+  the loss adds to the cross-entropy on the pseudo-masks the label-set loss of every pixel's patch labels
+  (``-log sum_{k in L} p_k``, which is never wrong: it trains the pixels ``margin`` ignores);
 - prediction: ``gate`` class gate of the classifier per patch, ``notta`` no flip TTA, ``stage1`` the
   classifier's own gated CAMs (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
-STAGE2_OPTS = ("gf", "white", "min", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq")
+STAGE2_OPTS = ("gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set")
 PREDICT_OPTS = ("gate", "notta", "stage1")
 
 
@@ -195,7 +213,7 @@ class PatchLabelRun:
 
     def pseudo(self, size: int, opts: frozenset[str]) -> tuple[list[Region], dict, Cost]:
         """The CAM pseudo-masks of the training regions, their scores against the truth, stage 1 + their cost."""
-        key = frozenset(opts & {"gf", "white", "min", "ctx", "nocamtta"})
+        key = frozenset(opts & {"gf", "white", "min", "margin", "ctx", "nocamtta"})
 
         def make() -> tuple:
             model, cost = self.classifier(size)
@@ -203,7 +221,8 @@ class PatchLabelRun:
             options = cam.CamOptions(tta="none" if "nocamtta" in key else "flip", refine_radius=self.args.gf_radius if "gf" in key else 0,
                                      refine_eps=self.args.gf_eps, white=200 if "white" in key else None,
                                      min_score=self.args.min_score if "min" in key else 0.0,
-                                     context=self.args.context if "ctx" in key else 0)
+                                     context=self.args.context if "ctx" in key else 0,
+                                     margin=self.args.margin if "margin" in key else 0.0)
             start = time.perf_counter()
             out = [(rgb, cam.region_pseudo_mask(model, rgb, xy, size, lab, self.norm, options))
                    for (rgb, _), xy, lab in zip(self.train, corners, labels)]
@@ -240,6 +259,7 @@ class PatchLabelRun:
         def make() -> tuple:
             a = self.args
             pm, pm_sc, cost = (None, {}, Cost()) if base in ("mosaic", "pisto") else self.pseudo(size, key)
+            pm_sc = dict(pm_sc)
             steps = a.steps - a.cls_steps if "eq" in key else a.steps
             rounds = 2 if "r2" in key or base == "pisto" else 1
             corners, labels, _, _ = self.patches(size)
@@ -255,12 +275,14 @@ class PatchLabelRun:
                 n_mosaic = a.batch if mosaic_only else round(a.mosaic_mix * a.batch) if key & {"mosaic", "pmosaic"} else 0
                 streams = []
                 if n_mosaic < a.batch:
-                    streams.append(crops(pm, a.crop, a.batch - n_mosaic, a.seed + r))
+                    targets = pm if "set" not in key else [(rgb, with_label_sets(m, xy, size, lab))
+                                                           for (rgb, m), xy, lab in zip(pm, corners, labels)]
+                    streams.append(crops(targets, a.crop, a.batch - n_mosaic, a.seed + r))
                 if n_mosaic:
                     sources = self.mosaics(size, pm if "pmosaic" in key else None, a.seed + r)
                     streams.append(mosaic_batches(sources, n_mosaic))
                 n = steps // rounds + (steps % rounds if r == rounds - 1 else 0)
-                fit(model, concat_batches(*streams), full_loss, n, self.norm, lr=a.lr,
+                fit(model, concat_batches(*streams), set_loss if "set" in key else full_loss, n, self.norm, lr=a.lr,
                     desc=f"{base}@{size} stage 2 round {r + 1}")
             return model, pm_sc, cost + _cost(steps, a.batch, a.crop, time.perf_counter() - start)
         return self._once(("segmenter", base, size, key), make)
@@ -399,6 +421,7 @@ def main() -> None:
     p.add_argument("--mosaic-mix", type=float, default=0.5, help="share of mosaics in stage-2 batches (+mosaic)")
     p.add_argument("--min-score", type=float, default=0.2, help="CAM score under which pixels are ignored (+min)")
     p.add_argument("--context", type=int, default=64, help="px of context around each patch for the CAMs (+ctx)")
+    p.add_argument("--margin", type=float, default=0.1, help="CAM margin under which pixels are ignored (+margin)")
     p.add_argument("--gf-radius", type=int, default=16, help="guided filter radius (+gf)")
     p.add_argument("--gf-eps", type=float, default=1e-3, help="guided filter eps (+gf)")
     p.add_argument("--threads", type=int, default=2)

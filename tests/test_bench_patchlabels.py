@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from fitloop import concat_batches, mosaic_batches, patch_batches  # noqa: E402
@@ -70,3 +71,19 @@ def test_method_names():
         parse("cam@256+nope")
     with pytest.raises(SystemExit, match="unknown options"):
         parse("lse@256+gf")
+
+
+def test_pseudo_masks_with_label_sets_round_trip():
+    from quality import set_loss, with_label_sets
+
+    mask = np.array([[0, 1, 1, IGNORE]], np.uint8)
+    t = with_label_sets(mask, np.array([[0, 0], [2, 0]]), 2, np.array([[1, 1, 0], [0, 1, 1]]))
+    assert ((t >> 16) & 0xFF).tolist() == [[0, 1, 1, IGNORE]] and (t & 0xFFFF).tolist() == [[3, 3, 6, 6]]
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1:] = 20.0  # right on the mask and inside every set
+    model = lambda x: logits  # noqa: E731
+    assert set_loss(model, None, torch.from_numpy(t)[None]) < 1e-6
+    logits[0, 2, 0, 3] = 40.0  # class 2 at the ignored pixel of a {1, 2} patch: still allowed
+    assert set_loss(model, None, torch.from_numpy(t)[None]) < 1e-6
+    logits[0, 2, 0, 0] = 40.0  # class 2 in the {0, 1} patch: wrong twice
+    assert set_loss(model, None, torch.from_numpy(t)[None]) > 10

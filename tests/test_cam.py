@@ -244,3 +244,12 @@ def test_context_is_seen_but_cut_off():
         mask = cam.region_pseudo_mask(ColourModel(), rgb, corners, 32, labels, IDENTITY,
                                       cam.CamOptions(tta="none", context=context))
         assert mask.shape == (64, 96) and (mask == truth).mean() > 0.95  # a shifted crop would miss 16 px columns
+
+
+def test_margin_ignores_pixels_between_two_labels():
+    rgb = _stripes()
+    rgb[:, 20:24] = (100, 100, 0)  # red and green alike: no clear winner
+    opts = cam.CamOptions(weights=(1.0, 0.0), tta="none", margin=0.2)
+    mask = cam.patch_pseudo_masks(ColourModel(), rgb[None], np.array([[1, 1, 1]]), IDENTITY, opts)[0]
+    assert (mask[:, 21:23] == IGNORE).all() and (mask[:, :16] == 0).all() and (mask[:, 48:] == 2).all()
+    assert (mask == IGNORE).mean() < 0.1  # only the ties (and the blurred 1 px at the other stripe edge)

@@ -231,7 +231,8 @@ class CamOptions:
     radius (px) and ``refine_eps``; ``white``: grey level above which pixels are ignored as
     glass (None: none ignored, e.g. when white fat is a class); ``min_score``: pixels of a
     mixed patch where no label's score reaches it are ignored (glass, uncertain boundaries);
-    ``context``: px of the region around each patch the classifier sees
+    ``margin``: pixels of a mixed patch whose best label beats the second by less are
+    ignored (uncertain; stage 2 fills them in); ``context``: px of the region around each patch the classifier sees
     (:func:`region_pseudo_mask`); ``batch``: patches per forward pass.
     """
 
@@ -241,6 +242,7 @@ class CamOptions:
     refine_eps: float = 1e-3
     white: int | None = None
     min_score: float = 0.0
+    margin: float = 0.0
     context: int = 0
     batch: int = 16
 
@@ -268,6 +270,9 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
                 if options.refine_radius > 0:
                     scores = refine(rgb, scores, options.refine_radius, options.refine_eps)
                 ignore |= scores.amax(dim=0).numpy() < options.min_score
+                if options.margin > 0:
+                    top2 = scores[torch.from_numpy(lab > 0)].topk(2, dim=0).values.numpy()
+                    ignore |= top2[0] - top2[1] < options.margin
             out[s + i] = pseudo_mask(scores, lab, ignore)
     return out
 
