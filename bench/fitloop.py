@@ -149,16 +149,23 @@ def _rot_flip(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]
 
 
 def patch_batches(
-    patches: np.ndarray, labels: np.ndarray, batch: int, seed: int
+    patches: np.ndarray, labels: np.ndarray, batch: int, seed: int, balanced: bool = False
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless batches ``(rgb (N, P, P, 3), labels (N, K) float32)`` of whole labelled patches.
 
     ``patches`` ``(M, P, P, 3)`` uint8 with multi-hot ``labels`` ``(M, K)``; every patch gets a
-    random flip and 90-degree rotation (its labels do not change). Deterministic with ``seed``.
+    random flip and 90-degree rotation (its labels do not change). ``balanced``: patches drawn
+    with weight ``sum_c label_c / (patches labelled c)``, so that every class gets about the same
+    share of draws (as ``data.balanced_weights`` in weak mode); else uniformly. Deterministic with ``seed``.
     """
     rng = np.random.default_rng(seed)
+    p = None
+    if balanced:
+        counts = labels.sum(axis=0)
+        p = (labels[:, counts > 0] / counts[counts > 0]).sum(axis=1)
+        p = p / p.sum()
     while True:
-        idx = rng.integers(len(patches), size=batch)
+        idx = rng.choice(len(patches), size=batch, p=p) if balanced else rng.integers(len(patches), size=batch)
         yield np.stack([_rot_flip(rng, patches[i])[0] for i in idx]), labels[idx].astype(np.float32)
 
 

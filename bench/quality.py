@@ -115,7 +115,7 @@ CAM pseudo-masks; stage 2: DeepLabv3+ on them), ``mosaic@P[+opt...]`` (stage 2 o
 patches only), ``pisto@P[+opt...]`` (PistoSeg's route: half the steps on mosaics, then the rest on that
 model's label-restricted predictions on the real patches). Options:
 
-- pseudo-masks: ``gf`` guided-filter refinement of the CAMs, ``white`` glass ignored, ``min`` pixels of
+- pseudo-masks: ``bal`` stage 1 draws its patches class-balanced, ``gf`` guided-filter refinement of the CAMs, ``white`` glass ignored, ``min`` pixels of
   mixed patches where no label's CAM reaches ``--min-score`` ignored, ``margin`` pixels whose best label
   beats the second by less than ``--margin`` ignored, ``ctx`` the classifier sees
   ``--context`` px around each patch, ``nocamtta`` CAMs without flip averaging;
@@ -128,7 +128,7 @@ model's label-restricted predictions on the real patches). Options:
   classifier's own gated CAMs (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
-STAGE2_OPTS = ("gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set")
+STAGE2_OPTS = ("bal", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set")
 PREDICT_OPTS = ("gate", "notta", "stage1")
 
 
@@ -197,8 +197,9 @@ class PatchLabelRun:
     def patches(self, size: int) -> tuple:
         return self._once(("patches", size), lambda: labelled_patches(self.train, size, self.k))
 
-    def classifier(self, size: int) -> tuple[torch.nn.Module, Cost]:
-        """Stage 1 on the whole labelled patches (multi-label BCE of every depth's averaged class maps)."""
+    def classifier(self, size: int, balanced: bool = False) -> tuple[torch.nn.Module, Cost]:
+        """Stage 1 on the whole labelled patches (multi-label BCE of every depth's averaged class maps);
+        ``balanced``: class-balanced patch draws."""
 
         def make() -> tuple:
             a = self.args
@@ -206,17 +207,18 @@ class PatchLabelRun:
             torch.manual_seed(a.seed)
             model = build_classifier("efficientnet_lite0", self.k, weights=a.weights, output_stride=a.cls_stride)
             start = time.perf_counter()
-            fit(model, patch_batches(pix, labels, a.batch, a.seed), lambda m, x, y: multilabel(m.forward_maps(x), y),
+            fit(model, patch_batches(pix, labels, a.batch, a.seed, balanced),
+                lambda m, x, y: multilabel(m.forward_maps(x), y),
                 a.cls_steps, self.norm, lr=a.lr, desc=f"classifier@{size}")
             return model, _cost(a.cls_steps, a.batch, size, time.perf_counter() - start)
-        return self._once(("classifier", size), make)
+        return self._once(("classifier", size, balanced), make)
 
     def pseudo(self, size: int, opts: frozenset[str]) -> tuple[list[Region], dict, Cost]:
         """The CAM pseudo-masks of the training regions, their scores against the truth, stage 1 + their cost."""
-        key = frozenset(opts & {"gf", "white", "min", "margin", "ctx", "nocamtta"})
+        key = frozenset(opts & {"gf", "white", "min", "margin", "ctx", "nocamtta", "bal"})
 
         def make() -> tuple:
-            model, cost = self.classifier(size)
+            model, cost = self.classifier(size, "bal" in key)
             corners, labels, _, _ = self.patches(size)
             options = cam.CamOptions(tta="none" if "nocamtta" in key else "flip", refine_radius=self.args.gf_radius if "gf" in key else 0,
                                      refine_eps=self.args.gf_eps, white=200 if "white" in key else None,
@@ -291,7 +293,7 @@ class PatchLabelRun:
         """``(H, W)`` class indices of a held-out region."""
         base, size, opts = parse(method)
         if "stage1" in opts:
-            model, _ = self.classifier(size)
+            model, _ = self.classifier(size, "bal" in opts)
             corners, labels = cam.patch_labels(model, rgb, size, self.norm, self.args.gate)
             return cam.region_pseudo_mask(model, rgb, corners, size, labels.astype(np.uint8), self.norm,
                                           cam.CamOptions(refine_radius=self.args.gf_radius if "gf" in opts else 0,
@@ -299,16 +301,16 @@ class PatchLabelRun:
         model, _, _ = self.segmenter(base, size, opts)
         probs = predict_probs(model, rgb, self.norm, tta="notta" not in opts)
         if "gate" in opts:
-            return cam.gated_argmax(probs, cam.patch_gates(self.classifier(size)[0], rgb, size, self.norm, self.args.gate))
+            return cam.gated_argmax(probs, cam.patch_gates(self.classifier(size, "bal" in opts)[0], rgb, size, self.norm, self.args.gate))
         return probs.argmax(0).numpy().astype(np.uint8)
 
     def cost(self, method: str) -> tuple[dict, Cost]:
         base, size, opts = parse(method)
         if "stage1" in opts:
-            return {}, self.classifier(size)[1]
+            return {}, self.classifier(size, "bal" in opts)[1]
         _, pm_sc, cost = self.segmenter(base, size, opts)
         if "gate" in opts and base in ("mosaic", "pisto"):
-            cost = cost + self.classifier(size)[1]
+            cost = cost + self.classifier(size, "bal" in opts)[1]
         return pm_sc, cost
 
 

@@ -87,3 +87,13 @@ def test_pseudo_masks_with_label_sets_round_trip():
     assert set_loss(model, None, torch.from_numpy(t)[None]) < 1e-6
     logits[0, 2, 0, 0] = 40.0  # class 2 in the {0, 1} patch: wrong twice
     assert set_loss(model, None, torch.from_numpy(t)[None]) > 10
+
+
+def test_balanced_patch_batches_favour_rare_classes():
+    patches = np.zeros((10, 4, 4, 3), np.uint8)
+    labels = np.zeros((10, 2), np.uint8)
+    labels[:9, 0] = 1
+    labels[9, 1] = 1  # one patch of the rare class
+    rare = lambda balanced: np.mean([y[:, 1].mean() for _, y in  # noqa: E731
+                                     (next(g) for g in [patch_batches(patches, labels, 400, 0, balanced)])])
+    assert rare(False) < 0.2 and 0.4 < rare(True) < 0.6
