@@ -323,6 +323,8 @@ def run(args: argparse.Namespace) -> dict:
     train = make_regions(args.train_regions, args.region_size, args.data_seed, scheme)
     test = make_regions(args.test_regions, args.region_size, args.data_seed + 10_000, scheme)
     data_s = time.perf_counter() - t0
+    layouts = str(MASKS) if MASKS.is_dir() else "random (no real masks found)"
+    print(f"layouts: {layouts}", flush=True)
     patchlabels = PatchLabelRun(args, train, scheme)
     results: dict[str, dict] = {}
     for method in args.methods:
@@ -377,7 +379,7 @@ def run(args: argparse.Namespace) -> dict:
             "crop": args.crop, "budget_samples": args.steps * args.batch, "train_regions": args.train_regions,
             "test_regions": args.test_regions, "region_size": args.region_size, "weights": args.weights,
             "gate": args.gate, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
-            "gf_eps": args.gf_eps, "data_s": data_s, "methods": results}
+            "gf_eps": args.gf_eps, "layouts": layouts, "data_s": data_s, "methods": results}
 
 
 def table(res: dict) -> str:
@@ -397,7 +399,8 @@ def table(res: dict) -> str:
                  f"samples of {res['crop']} px per method (MIL@P: of P px); two-stage methods add "
                  f"{res['cls_steps']} classifier steps x batch {res['batch']} of P px (counted in samples, Mpx, "
                  f"train s); {res['train_regions']} training / {res['test_regions']} "
-                 f"held-out regions of {res['region_size']} px; scheme {res['scheme']}; encoder weights {res['weights']}.")
+                 f"held-out regions of {res['region_size']} px; layouts {res['layouts']}; scheme {res['scheme']}; "
+                 f"encoder weights {res['weights']}.")
     return "\n".join(lines)
 
 
