@@ -51,6 +51,7 @@ PATCH = 224
 ROWS = 10
 
 VARIANTS: dict[str, cam.CamOptions] = {
+    "cam+ctx32": cam.CamOptions(context=32),
     "cam": cam.CamOptions(),
     "cam+gf": cam.CamOptions(refine_radius=16),
     "cam+white": cam.CamOptions(white=200),
@@ -105,10 +106,11 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     classifier = build_classifier("efficientnet_lite0", k, weights=args.weights, output_stride=args.cls_stride)
     start = time.perf_counter()
-    fit(classifier, patch_batches(images, labels, args.batch, args.seed),
+    fit(classifier, patch_batches(images, labels, args.batch, args.seed, balanced=not args.uniform),
         lambda m, x, y: multilabel(m.forward_maps(x), y), args.cls_steps, norm, lr=args.lr, desc="classifier")
     cls_s = time.perf_counter() - start
-    for name, options in VARIANTS.items():
+    for name in args.variants:
+        options = VARIANTS[name]
         pm = cam.region_pseudo_mask(classifier, region, corners, PATCH, labels[rows], norm, options)
         a0sk[name] = score(pm, truth, names)
         if name == args.preview:
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         evaluate(f"stage 2, mosaics {mix:.2f}", lambda img: predict_probs(model, img, norm).argmax(0).numpy())
         evaluate(f"stage 2, mosaics {mix:.2f} + gate", lambda img: cam.gated_argmax(
             predict_probs(model, img, norm), cam.patch_gates(classifier, img, PATCH, norm, args.gate)))
-    return {"seed": args.seed, "cls_steps": args.cls_steps, "steps": args.steps, "batch": args.batch,
+    return {"seed": args.seed, "cls_steps": args.cls_steps, "balanced": not args.uniform, "steps": args.steps, "batch": args.batch,
             "crop": args.crop, "cls_stride": args.cls_stride, "classifier_s": cls_s, "stage2_cam": args.stage2_cam,
             "a0sk": a0sk, "val": heldout}
 
@@ -169,7 +171,8 @@ def table(res: dict) -> str:
     for m, r in res["val"].items():
         iou = " | ".join("-" if np.isnan(r["iou"][n]) else f"{r['iou'][n]:.3f}" for n in names)
         lines.append(f"| {m} | {iou} | {r['miou']:.3f} |")
-    lines += ["", f"seed {res['seed']}; stage 1 {res['cls_steps']} steps x batch {res['batch']} of 224 px patches "
+    draws = "class-balanced" if res["balanced"] else "uniform"
+    lines += ["", f"seed {res['seed']}; stage 1 {res['cls_steps']} steps x batch {res['batch']} of 224 px patches ({draws} draws) "
               f"(output stride {res['cls_stride']}, {res['classifier_s']:.0f} s); stage 2 {res['steps']} steps x batch "
               f"{res['batch']} of {res['crop']} px crops on the pseudo-masks ({res['stage2_cam']})."]
     return "\n".join(lines)
@@ -189,11 +192,17 @@ def main() -> None:
     p.add_argument("--mosaic-mix", default="0,0.5", help="shares of mosaics in stage-2 batches, one model each")
     p.add_argument("--stage2-cam", default="cam", choices=list(VARIANTS), help="pseudo-masks stage 2 trains on")
     p.add_argument("--preview", default="cam", choices=list(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help="A0SK pseudo-mask variants to score")
+    p.add_argument("--uniform", action="store_true", help="stage 1 draws patches uniformly (default: class-balanced)")
     p.add_argument("--weights", default="imagenet", choices=["imagenet", "none"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench-out-real"))
     args = p.parse_args()
     args.mosaic_mix = [float(v) for v in args.mosaic_mix.split(",") if v.strip()]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if not WSSS.is_dir() or not A0SK.is_dir():
         raise SystemExit(f"real data not found under {DATA}")
     res = run(args)

@@ -253,3 +253,12 @@ def test_margin_ignores_pixels_between_two_labels():
     mask = cam.patch_pseudo_masks(ColourModel(), rgb[None], np.array([[1, 1, 1]]), IDENTITY, opts)[0]
     assert (mask[:, 21:23] == IGNORE).all() and (mask[:, :16] == 0).all() and (mask[:, 48:] == 2).all()
     assert (mask == IGNORE).mean() < 0.1  # only the ties (and the blurred 1 px at the other stripe edge)
+
+
+def test_region_pseudo_mask_in_several_batches_equals_one():
+    rgb = _stripes(64, 96)
+    corners = np.array([[x, y] for y in (0, 32) for x in (0, 32, 64)])
+    labels = np.array([[1, 1, 0], [0, 1, 1], [0, 1, 1]] * 2)
+    one = cam.region_pseudo_mask(ColourModel(), rgb, corners, 32, labels, IDENTITY, cam.CamOptions(context=8))
+    many = cam.region_pseudo_mask(ColourModel(), rgb, corners, 32, labels, IDENTITY, cam.CamOptions(context=8, batch=4))
+    np.testing.assert_array_equal(many, one)

@@ -289,11 +289,11 @@ def region_pseudo_mask(model: torch.nn.Module, region: np.ndarray, corners: np.n
     h, w = region.shape[:2]
     out = np.full((h, w), IGNORE, np.uint8)
     corners = np.asarray(corners, np.int64).reshape(-1, 2)
-    m = options.context
+    c = options.context
     for s in range(0, len(corners), options.batch):
         chunk = corners[s : s + options.batch]
-        patches = np.stack([crop(region, x - m, y - m, size + 2 * m, size + 2 * m, fill=255) for x, y in chunk])
-        masks = patch_pseudo_masks(model, patches, labels[s : s + len(chunk)], normalize, options, margin=m)
+        patches = np.stack([crop(region, x - c, y - c, size + 2 * c, size + 2 * c, fill=255) for x, y in chunk])
+        masks = patch_pseudo_masks(model, patches, labels[s : s + len(chunk)], normalize, options, margin=c)
         for (x, y), m in zip(chunk, masks):
             out[max(y, 0) : y + size, max(x, 0) : x + size] = m[max(-y, 0) : h - y, max(-x, 0) : w - x]
     return out
