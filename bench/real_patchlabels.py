@@ -48,6 +48,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WSSS = DATA / "bcss-wsss-sample"
 A0SK = DATA / "bcss" / "region-a0sk"
 PATCH = 224
+MAIN = ("tumor", "stroma", "necrosis")
+"""The classes of A0SK (lymphocytic infiltrate covers 4.7k of its 7M px): the goal's mean is over these."""
 ROWS = 10
 
 VARIANTS: dict[str, cam.CamOptions] = {
@@ -85,7 +87,8 @@ def a0sk_layout(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def score(pred: np.ndarray, truth: np.ndarray, names: list[str]) -> dict:
     sc = scores(confusion_matrix(pred, truth, len(names)), names)
     coverage = float(((truth != IGNORE) & (pred != IGNORE)).sum() / max((truth != IGNORE).sum(), 1))
-    return {"miou": sc["miou"], "iou": {n: sc["per_class"][n]["iou"] for n in names}, "coverage": coverage}
+    iou = {n: sc["per_class"][n]["iou"] for n in names}
+    return {"miou": sc["miou"], "miou3": float(np.mean([iou[n] for n in MAIN])), "iou": iou, "coverage": coverage}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
         a0sk[name] = score(pm, truth, names)
         if name == args.preview:
             io.write_png(args.out / "a0sk-pseudo-mask.png", colorize(np.ascontiguousarray(pm[::2, ::2]), scheme))
-        print(f"A0SK {name:18s} mIoU {a0sk[name]['miou']:.3f}", {n: round(v, 3) for n, v in a0sk[name]["iou"].items()},
+        print(f"A0SK {name:18s} mIoU {a0sk[name]['miou']:.3f} TUM/STR/NEC {a0sk[name]['miou3']:.3f}", {n: round(v, 3) for n, v in a0sk[name]["iou"].items()},
               flush=True)
 
     val = read_weak_folder(WSSS / "val", "bcss-wsss")
@@ -162,10 +165,11 @@ def run(args: argparse.Namespace) -> dict:
 def table(res: dict) -> str:
     names = bcss_wsss4().names
     lines = ["(a) A0SK pseudo-masks from the 224 px patch labels, against the real mask (bcss-wsss4)", "",
-             "| pseudo-masks | " + " | ".join(names) + " | mIoU | coverage |", "|" + "---|" * (len(names) + 3)]
+             "| pseudo-masks | " + " | ".join(names) + " | mIoU | mean TUM/STR/NEC | coverage |",
+             "|" + "---|" * (len(names) + 4)]
     for m, r in res["a0sk"].items():
         iou = " | ".join("-" if np.isnan(r["iou"][n]) else f"{r['iou'][n]:.3f}" for n in names)
-        lines.append(f"| {m} | {iou} | {r['miou']:.3f} | {r['coverage']:.3f} |")
+        lines.append(f"| {m} | {iou} | {r['miou']:.3f} | {r['miou3']:.3f} | {r['coverage']:.3f} |")
     lines += ["", "(b) val/ (14 patches of TCGA-EW, wsss convention, background ignored)", "",
               "| model | " + " | ".join(names) + " | mIoU |", "|" + "---|" * (len(names) + 2)]
     for m, r in res["val"].items():
