@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from tissueseg.weak.mosaic import MosaicDataset
+
 MAX_CLASSES = 62
 """Bit-coded label sets fit an int64 map: at most this many classes."""
 
@@ -134,19 +136,59 @@ def crops(
                 t = tgt[y : y + size, x : x + size]
             else:
                 t = crop_bits(tgt, align, x, y, size, size)
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            img, t = np.rot90(img, k), np.rot90(t, k)
-            if flip:
-                img, t = img[:, ::-1], t[:, ::-1]
+            img, t = _rot_flip(rng, img, t)
             imgs.append(img)
             tgts.append(t)
         yield np.stack(imgs), np.stack(tgts)
 
 
+def _rot_flip(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]:
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = [np.rot90(a, k) for a in arrays]
+    return [a[:, ::-1] for a in out] if flip else out
+
+
+def patch_batches(
+    patches: np.ndarray, labels: np.ndarray, batch: int, seed: int, balanced: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless batches ``(rgb (N, P, P, 3), labels (N, K) float32)`` of whole labelled patches.
+
+    ``patches`` ``(M, P, P, 3)`` uint8 with multi-hot ``labels`` ``(M, K)``; every patch gets a
+    random flip and 90-degree rotation (its labels do not change). ``balanced``: patches drawn
+    with weight ``sum_c label_c / (patches labelled c)``, so that every class gets about the same
+    share of draws (as ``data.balanced_weights`` in weak mode); else uniformly. Deterministic with ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    p = None
+    if balanced:
+        counts = labels.sum(axis=0)
+        p = (labels[:, counts > 0] / counts[counts > 0]).sum(axis=1)
+        p = p / p.sum()
+    while True:
+        idx = rng.choice(len(patches), size=batch, p=p) if balanced else rng.integers(len(patches), size=batch)
+        yield np.stack([_rot_flip(rng, patches[i])[0] for i in idx]), labels[idx].astype(np.float32)
+
+
+def mosaic_batches(dataset: MosaicDataset, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless batches ``(rgb, mask)`` of a :class:`~tissueseg.weak.mosaic.MosaicDataset`, keys 0, 1, 2, ..."""
+    i = 0
+    while True:
+        pairs = [dataset.arrays(j % len(dataset), j // len(dataset)) for j in range(i, i + batch)]
+        i += batch
+        yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def concat_batches(*streams: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One batch of every stream, concatenated (e.g. crops of real regions and mosaics)."""
+    while True:
+        parts = [next(s) for s in streams]
+        yield np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def fit(
     model: torch.nn.Module,
     batches: Iterator[tuple[np.ndarray, np.ndarray]],
-    loss_fn: LossFn,
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
     steps: int,
     normalize: tuple[Sequence[float], Sequence[float]],
     lr: float = 1e-3,

@@ -18,6 +18,11 @@ With ``background_index`` the background class counts as present in every image.
 ``class_weights`` (K,) weight the per-pixel terms of ``ce``, the per-class terms of the
 BCE losses and the per-class average of ``mil-max``.
 
+The patch classifier (:mod:`tissueseg.models.classifier`) trains with :func:`multilabel_sum`:
+``loss(maps, labels)`` where ``maps`` is the list of class maps of its depths; each map's
+global average is that depth's logits, with a BCE-with-logits against the labels per
+depth (deep supervision), averaged over depths with ``weights``.
+
 Every loss is a mean ``total / count`` (labelled pixels for ``ce``, images for
 ``mil-max``, image-class pairs for the BCE losses). ``build_loss(..., parts=True)``
 returns the :class:`LossSum` instead, so that training over several processes can divide
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -144,6 +149,31 @@ def _pooled_bce(pool: Callable[[Tensor], Tensor], maps: Tensor, labels: Tensor, 
 
 def _mean(parts: Callable[..., LossSum], *args: object, **kwargs: object) -> Tensor:
     return parts(*args, **kwargs).mean
+
+
+def multilabel_sum(maps: Sequence[Tensor], labels: Tensor, *, weights: Sequence[float] | None = None,
+                   class_weights: Tensor | None = None) -> LossSum:
+    """Multi-label BCE of the globally AVERAGED class maps of every depth, summed, and the image-class pairs.
+
+    ``maps``: ``D`` tensors ``(N, K, h_d, w_d)``; ``labels``: ``(N, K)`` multi-hot.
+    ``weights`` (``D``, default equal) are normalised to sum to 1, so the mean is on the
+    scale of one BCE whatever the number of depths; ``count`` is ``N * K``.
+    """
+    if not maps:
+        raise ValueError("multilabel loss: no class maps")
+    weights = [1.0] * len(maps) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(maps) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"multilabel loss: {len(maps)} maps need as many non-negative weights, got {weights}")
+    parts = [_bce(m.float().mean(dim=(2, 3)), labels, None, class_weights) for m in maps]
+    total = sum(w / sum(weights) * p.total for w, p in zip(weights, parts))
+    mean = sum(w / sum(weights) * p.mean for w, p in zip(weights, parts))
+    return _loss_sum(total, parts[0].count, mean)
+
+
+def multilabel(maps: Sequence[Tensor], labels: Tensor, *, weights: Sequence[float] | None = None,
+               class_weights: Tensor | None = None) -> Tensor:
+    """Mean of :func:`multilabel_sum`."""
+    return multilabel_sum(maps, labels, weights=weights, class_weights=class_weights).mean
 
 
 def build_loss(

@@ -1,0 +1,100 @@
+"""bench/fitloop.py and bench/quality.py pieces of the patch-label methods, on hand-made inputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from fitloop import concat_batches, mosaic_batches, patch_batches  # noqa: E402
+from quality import labelled_patches, parse, pm_scores  # noqa: E402
+
+from tissueseg.schemes import IGNORE  # noqa: E402
+from tissueseg.weak.mosaic import MosaicDataset  # noqa: E402
+
+
+def test_patch_batches_keep_labels_and_are_deterministic():
+    patches = np.zeros((3, 8, 8, 3), np.uint8)
+    for i in range(3):
+        patches[i, :, :4] = 50 * (i + 1)  # patch i: value 50(i+1) on one half, its label i
+    labels = np.eye(3, dtype=np.uint8)
+    a, b = patch_batches(patches, labels, 6, seed=1), patch_batches(patches, labels, 6, seed=1)
+    for _ in range(3):
+        (xa, ya), (xb, yb) = next(a), next(b)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        assert xa.shape == (6, 8, 8, 3) and ya.dtype == np.float32
+        np.testing.assert_array_equal(ya.argmax(1), xa.max(axis=(1, 2, 3)) // 50 - 1)  # labels follow their patch
+        assert ((xa > 0).sum(axis=(1, 2, 3)) == 32 * 3).all()  # half of each patch, rotated or flipped
+
+
+def test_mosaic_and_crop_batches_concatenate():
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    src = pd.DataFrame([("a", 0, 0, 32, 32, 1)], columns=["image_path", "x", "y", "w", "h", "class"])
+    ds = MosaicDataset(src, {"a": rgb}.__getitem__, size=16, tile=8, length=5, seed=0)
+    real = iter(lambda: (np.ones((3, 16, 16, 3), np.uint8), np.zeros((3, 16, 16), np.uint8)), None)
+    x, y = next(concat_batches(real, mosaic_batches(ds, 2)))
+    assert x.shape == (5, 16, 16, 3) and (y[:3] == 0).all() and (y[3:] == 1).all()
+
+
+def test_labelled_patches_pad_the_edges_and_drop_patches_without_roi():
+    lab = np.full((40, 50), IGNORE, np.uint8)
+    lab[:20, :20] = 0
+    lab[:20, 20:] = 1
+    lab[20:, :20] = 2
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    corners, labels, pix, flat = labelled_patches([(rgb, lab)], 20, 3)
+    # grid 20 px with pad: x 0, 20, 40 and y 0, 20; patches (20,20) and (40,20) have no ROI
+    assert corners[0].tolist() == [[0, 0], [20, 0], [40, 0], [0, 20]]
+    assert labels[0].tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert pix.shape == (4, 20, 20, 3) and (pix[2][:, 10:] == 255).all()  # past the region: white
+    np.testing.assert_array_equal(flat, labels[0])
+
+
+def test_pseudo_mask_scores_and_coverage():
+    lab = np.array([[0, 0, 1, 1]], np.uint8)
+    pm = np.array([[0, 1, 1, IGNORE]], np.uint8)
+    sc = pm_scores([(None, pm)], [(None, lab)], 2, ["a", "b"])
+    assert sc["pm_coverage"] == 0.75
+    assert sc["pm_iou"] == {"a": 0.5, "b": 0.5}
+
+
+def test_method_names():
+    assert parse("cam@256+gf+gate") == ("cam", 256, frozenset({"gf", "gate"}))
+    assert parse("lse@224") == ("lse", 224, frozenset())
+    assert parse("full") == ("full", None, frozenset())
+    with pytest.raises(SystemExit, match="unknown options"):
+        parse("cam@256+nope")
+    with pytest.raises(SystemExit, match="unknown options"):
+        parse("lse@256+gf")
+
+
+def test_pseudo_masks_with_label_sets_round_trip():
+    from quality import set_loss, with_label_sets
+
+    mask = np.array([[0, 1, 1, IGNORE]], np.uint8)
+    t = with_label_sets(mask, np.array([[0, 0], [2, 0]]), 2, np.array([[1, 1, 0], [0, 1, 1]]))
+    assert ((t >> 16) & 0xFF).tolist() == [[0, 1, 1, IGNORE]] and (t & 0xFFFF).tolist() == [[3, 3, 6, 6]]
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1:] = 20.0  # right on the mask and inside every set
+    model = lambda x: logits  # noqa: E731
+    assert set_loss(model, None, torch.from_numpy(t)[None]) < 1e-6
+    logits[0, 2, 0, 3] = 40.0  # class 2 at the ignored pixel of a {1, 2} patch: still allowed
+    assert set_loss(model, None, torch.from_numpy(t)[None]) < 1e-6
+    logits[0, 2, 0, 0] = 40.0  # class 2 in the {0, 1} patch: wrong twice
+    assert set_loss(model, None, torch.from_numpy(t)[None]) > 10
+
+
+def test_balanced_patch_batches_favour_rare_classes():
+    patches = np.zeros((10, 4, 4, 3), np.uint8)
+    labels = np.zeros((10, 2), np.uint8)
+    labels[:9, 0] = 1
+    labels[9, 1] = 1  # one patch of the rare class
+    rare = lambda balanced: np.mean([y[:, 1].mean() for _, y in  # noqa: E731
+                                     (next(g) for g in [patch_batches(patches, labels, 400, 0, balanced)])])
+    assert rare(False) < 0.2 and 0.4 < rare(True) < 0.6

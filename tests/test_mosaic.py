@@ -1,0 +1,124 @@
+"""Mosaics from single-label patches: exact masks, deterministic with the seed, usable as a Dataset."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tissueseg.data import StepSampler
+from tissueseg.schemes import IGNORE, ClassDef, ClassScheme
+from tissueseg.weak import mosaic
+
+COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
+
+
+def _scheme() -> ClassScheme:
+    return ClassScheme("rgb", tuple(ClassDef(n, tuple(int(v) for v in c), (i + 1,))
+                                    for i, (n, c) in enumerate(zip(("red", "green", "blue"), COLOURS))))
+
+
+def _region() -> tuple[np.ndarray, np.ndarray]:
+    """A 96 x 128 region of three coloured classes with noise (class from colour), and its labels."""
+    labels = np.zeros((96, 128), np.uint8)
+    labels[:, 40:] = 1
+    labels[48:, 80:] = 2
+    rng = np.random.default_rng(0)
+    rgb = np.clip(COLOURS[labels].astype(int) + rng.integers(-20, 21, (96, 128, 3)), 0, 255).astype(np.uint8)
+    return rgb, labels
+
+
+def _manifest(labels: np.ndarray, size: int) -> pd.DataFrame:
+    h, w = labels.shape
+    rows = []
+    for y in range(0, h, size):
+        for x in range(0, w, size):
+            win = labels[y : y + size, x : x + size]
+            rows.append({"image_path": "r", "x": x, "y": y, "size": size, "width": w, "height": h,
+                         **{f"label_{n}": int((win == i).any()) for i, n in enumerate(("red", "green", "blue"))}})
+    return pd.DataFrame(rows)
+
+
+def _class_of(rgb: np.ndarray) -> np.ndarray:
+    return np.abs(rgb[..., None, :].astype(int) - COLOURS.astype(int)).sum(-1).argmin(-1)
+
+
+def test_single_label_sources_are_clipped_to_the_region():
+    rgb, labels = _region()
+    src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())
+    # 40 px grid over 96 x 128: columns 0, 40, 80, 120; rows 0, 40, 80
+    assert set(map(tuple, src[["x", "y", "class"]].to_numpy())) == {(0, 0, 0), (0, 40, 0), (0, 80, 0), (40, 0, 1),
+                                                                     (40, 40, 1), (80, 0, 1), (120, 0, 1),
+                                                                     (40, 80, 1), (80, 80, 2), (120, 80, 2)}
+    row = src[(src["x"] == 120) & (src["y"] == 80)].iloc[0]
+    assert (row["w"], row["h"]) == (8, 16)
+
+
+def test_pure_sources_hold_one_class_and_no_ignore():
+    _, labels = _region()
+    labels = labels.copy()
+    labels[0:4, 0:4] = IGNORE
+    src = mosaic.pure_sources(labels, 16, "r")
+    for _, r in src.iterrows():
+        win = labels[r["y"] : r["y"] + 16, r["x"] : r["x"] + 16]
+        assert (win == r["class"]).all()
+    assert not ((src["x"] == 0) & (src["y"] == 0)).any()  # the ignored corner
+    assert not ((src["x"] == 32) & (src["y"] == 0)).any()  # straddles the boundary at 40
+    assert len(src) == 6 * 8 - 1 - 6  # 48 windows, minus the corner and the x=32 column (other edges on the grid)
+
+
+def test_mosaic_masks_are_exact_and_sampling_is_deterministic():
+    rgb, labels = _region()
+    src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())
+    ds = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=3)
+    image, mask = ds.arrays(4, epoch=1)
+    np.testing.assert_array_equal(_class_of(image), mask)  # every pixel's colour is its mask's class
+    assert len(np.unique(mask)) >= 2
+    again = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=3)
+    np.testing.assert_array_equal(again.arrays(4, epoch=1)[0], image)
+    assert not np.array_equal(ds.arrays(5, epoch=1)[0], image)
+    assert not np.array_equal(ds.arrays(4, epoch=2)[0], image)
+    other = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=4)
+    assert not np.array_equal(other.arrays(4, epoch=1)[0], image)
+
+
+def test_balanced_mosaics_give_every_class_its_share():
+    rgb, labels = _region()
+    src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())  # blue: 2 of 10 sources
+    ds = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=40, seed=0)
+    counts = np.bincount(np.concatenate([ds.arrays(i)[1].ravel() for i in range(40)]), minlength=3)
+    assert (counts / counts.sum() > 0.25).all()
+
+
+def test_mosaic_dataset_samples_and_step_sampler_keys():
+    rgb, labels = _region()
+    src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())
+    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    ds = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=32, tile=16, length=6, seed=1, normalize=norm)
+    keys = next(iter(StepSampler(len(ds), 4, seed=0, start=2, stop=3)))
+    batch = [ds[k] for k in keys]
+    assert batch[0]["image"].shape == (3, 32, 32) and batch[0]["mask"].dtype == torch.int64
+    rgb0, mask0 = ds.arrays(*keys[0])
+    torch.testing.assert_close(batch[0]["image"], (torch.from_numpy(rgb0).permute(2, 0, 1) / 255.0 - 0.5) / 0.25)
+    np.testing.assert_array_equal(batch[0]["mask"].numpy(), mask0)
+    clone = pickle.loads(pickle.dumps(ds))
+    torch.testing.assert_close(clone[keys[1]]["image"], ds[keys[1]]["image"])
+
+
+def test_white_pixels_of_mosaics_are_ignored():
+    rgb, labels = _region()
+    rgb = rgb.copy()
+    rgb[:, :40] = 245  # the red class is glass-white
+    src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())
+    ds = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=4, seed=0, white=200)
+    image, mask = ds.arrays(0)
+    assert ((mask == IGNORE) == (image.min(axis=-1) > 200)).all() and (mask == IGNORE).any()
+
+
+def test_mosaic_refuses_sources_smaller_than_a_tile():
+    src = pd.DataFrame([("r", 0, 0, 8, 8, 0)], columns=mosaic.SOURCE_COLUMNS)
+    with pytest.raises(ValueError, match="at least 16x16"):
+        mosaic.MosaicDataset(src, {"r": np.zeros((8, 8, 3), np.uint8)}.__getitem__, size=32, tile=16)
