@@ -69,14 +69,14 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from: {'; '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    encoders.shipped_state_dict("efficientnet_lite0")
+    encoders.shipped_state_dict("tf_efficientnet_lite0")
     scheme = load_scheme(args.scheme)
     k, names = scheme.num_classes, scheme.names
     train = make_regions(args.train_regions, args.region_size, args.data_seed, scheme)
     corners, labels, pix, flat = labelled_patches(train, args.patch, k)
     norm = normalization(ModelConfig())
     torch.manual_seed(args.seed)
-    model = build_classifier("efficientnet_lite0", k, weights="imagenet", output_stride=args.cls_stride)
+    model = build_classifier("tf_efficientnet_lite0", k, weights="imagenet", output_stride=args.cls_stride)
     start = time.perf_counter()
     fit(model, patch_batches(pix, flat, args.batch, args.seed, args.balanced),
         lambda m, x, y: multilabel(m.forward_maps(x), y), args.cls_steps, norm, lr=args.lr, desc="classifier")

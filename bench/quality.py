@@ -205,7 +205,7 @@ class PatchLabelRun:
             a = self.args
             _, _, pix, labels = self.patches(size)
             torch.manual_seed(a.seed)
-            model = build_classifier("efficientnet_lite0", self.k, weights=a.weights, output_stride=a.cls_stride)
+            model = build_classifier("tf_efficientnet_lite0", self.k, weights=a.weights, output_stride=a.cls_stride)
             start = time.perf_counter()
             fit(model, patch_batches(pix, labels, a.batch, a.seed, balanced),
                 lambda m, x, y: multilabel(m.forward_maps(x), y),
@@ -316,7 +316,7 @@ class PatchLabelRun:
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    encoders.shipped_state_dict("efficientnet_lite0")  # built once here: its random init must not shift the seeds
+    encoders.shipped_state_dict("tf_efficientnet_lite0")  # built once here: its random init must not shift the seeds
     scheme = load_scheme(args.scheme)
     k, names = scheme.num_classes, scheme.names
     t0 = time.perf_counter()

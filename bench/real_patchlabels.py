@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
 
     norm = normalization(ModelConfig(weights=args.weights))
     torch.manual_seed(args.seed)
-    classifier = build_classifier("efficientnet_lite0", k, weights=args.weights, output_stride=args.cls_stride)
+    classifier = build_classifier("tf_efficientnet_lite0", k, weights=args.weights, output_stride=args.cls_stride)
     start = time.perf_counter()
     fit(classifier, patch_batches(images, labels, args.batch, args.seed, balanced=not args.uniform),
         lambda m, x, y: multilabel(m.forward_maps(x), y), args.cls_steps, norm, lr=args.lr, desc="classifier")

@@ -180,7 +180,7 @@ def test_cam_pseudo_masks_source_is_cached_once_and_picklable(tmp_path):
     other = cam.CamPseudoMasks(df, _scheme(), cache, model, IDENTITY, cam.CamOptions(weights=(1.0, 0.0), tta="none"),
                                quiet=True)
     assert model.calls > calls  # other options: computed anew
-    ds = PatchDataset(df, _scheme(), cache, mode="full", label_source=other, normalize=IDENTITY)
+    ds = PatchDataset(df, _scheme(), cache, targets="masks", label_source=other, normalize=IDENTITY)
     sample = ds[0]
     assert sample["mask"].shape == (48, 48) and set(sample["mask"].unique().tolist()) <= {0, 1}
 

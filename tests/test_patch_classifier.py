@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 @pytest.mark.parametrize(("output_stride", "reductions"), [(16, (8, 16, 16)), (None, (8, 16, 32)), (8, (8, 8, 8))])
 def test_class_maps_at_every_depth_and_gap_logits(output_stride, reductions):
-    model = build_classifier("efficientnet_lite0", 4, weights="none", output_stride=output_stride).eval()
+    model = build_classifier("tf_efficientnet_lite0", 4, weights="none", output_stride=output_stride).eval()
     assert isinstance(model, PatchClassifier) and model.reductions == reductions
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
@@ -27,8 +27,8 @@ def test_class_maps_at_every_depth_and_gap_logits(output_stride, reductions):
 
 
 def test_imagenet_weights_are_the_shipped_ones():
-    model = build_classifier("efficientnet_lite0", 3, weights="imagenet", depths=(1, 3))
-    shipped = encoders.shipped_state_dict("efficientnet_lite0")
+    model = build_classifier("tf_efficientnet_lite0", 3, weights="imagenet", depths=(1, 3))
+    shipped = encoders.shipped_state_dict("tf_efficientnet_lite0")
     own = model.encoder.state_dict()
     assert len(model.heads) == 2 and model.reductions == (4, 16)
     for key in ("conv_stem.weight", "blocks.3.0.conv_pw.weight"):
@@ -37,9 +37,9 @@ def test_imagenet_weights_are_the_shipped_ones():
 
 def test_bad_depths_are_refused():
     with pytest.raises(ValueError, match="increasing"):
-        build_classifier("efficientnet_lite0", 3, weights="none", depths=(3, 2))
+        build_classifier("tf_efficientnet_lite0", 3, weights="none", depths=(3, 2))
     with pytest.raises(ValueError, match="feature levels"):
-        build_classifier("efficientnet_lite0", 3, weights="none", depths=(2, 7))
+        build_classifier("tf_efficientnet_lite0", 3, weights="none", depths=(2, 7))
 
 
 def test_multilabel_loss_on_hand_made_maps():

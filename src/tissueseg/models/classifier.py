@@ -65,7 +65,7 @@ def build_classifier(
 ) -> PatchClassifier:
     """:class:`PatchClassifier` on timm ``encoder`` with heads at feature levels ``depths``.
 
-    ``weights``: ``"imagenet"`` (shipped offline for ``efficientnet_lite0``, see
+    ``weights``: ``"imagenet"`` (shipped offline for ``tf_efficientnet_lite0``, see
     :mod:`.encoders`) or ``"none"``. ``output_stride`` 8, 16 (default: the deepest maps at
     stride 16, as DeepLabv3+ uses) or 32/None (the encoder's native stride).
     """
