@@ -367,3 +367,27 @@ def test_read_error_reaches_the_caller(tmp_path: Path) -> None:
     labels = np.zeros((256, 64), dtype=np.uint8)
     with pytest.raises(OSError, match="tile decode failed"):
         predict_bands(tiny_predictor(), broken, grid, labels, batch_size=1)
+
+
+def test_flip_tta_and_the_class_gate_of_a_checkpoint_shape_the_probabilities() -> None:
+    from tissueseg.checkpoint import Inference
+
+    tiny = tiny_predictor()
+    x = tiny.preprocess(torch.from_numpy(texture(32, 48)[None]))
+    plain = tiny.probabilities(x)
+    tta = Predictor(tiny.model, tiny.scheme, tiny.preprocessing, tiny.config, Inference(flip_tta=True))
+    with torch.no_grad():
+        flipped = [torch.softmax(tiny.model(x.flip(d)), 1).flip(d) for d in (-1, -2)]
+    torch.testing.assert_close(tta.probabilities(x), (plain + sum(flipped)) / 3)
+    assert not torch.allclose(tta.probabilities(x), plain)  # the 3x3 kernels are not flip-symmetric
+
+    class Gate(torch.nn.Module):  # image logits: classes 1 and 3 present, the others absent
+        def forward(self, x):
+            return torch.tensor([[-5.0, 5.0, -5.0, 5.0, -5.0]]).expand(len(x), 5)
+
+    gated = Predictor(tiny.model, tiny.scheme, tiny.preprocessing, tiny.config,
+                      Inference(gate={"model": {}, "config": {}}, gate_threshold=0.5), gate=Gate())
+    p = gated.probabilities(x)
+    assert torch.all(p[:, [0, 2, 4]] == 0)
+    torch.testing.assert_close(p.sum(1), torch.ones_like(p[:, 0]))
+    torch.testing.assert_close(p[:, 1] / p[:, 3], plain[:, 1] / plain[:, 3])

@@ -25,19 +25,25 @@ def demo(tmp_path_factory):
 @pytest.mark.slow
 def test_demo_writes_every_stage_and_a_report_that_renders(demo):
     out, summary = demo
-    assert set(summary["stages"]) == {"stats", "colorize", "tile", "train:full", "predict:full", "evaluate:full",
-                                      "slides:full", "tile:weak", "train:weak", "predict:weak", "evaluate:weak",
-                                      "slides:weak"}
+    per_model = ("train", "predict", "evaluate", "predict-regions", "evaluate-regions", "slides")
+    assert set(summary["stages"]) == {"stats", "colorize", "tile", "tile:weak"} | {
+        f"{stage}:{name}" for stage in per_model for name in ("full", "weak")}
+    assert summary["models"]["weak"]["method"] == "cam"  # from the labels of whole 128 px patches
+    assert (out / "train" / "weak" / "classifier" / "last.pt").is_file()
     for name in ("full", "weak"):
         metrics = json.loads((out / "eval" / name / "metrics.json").read_text())
         assert metrics["pairs"] >= 1 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
         assert summary["models"][name]["miou"] == pytest.approx(metrics["miou"])
+        real = json.loads((out / "eval-regions" / name / "metrics.json").read_text())  # the packaged real crop
+        assert real["pairs"] == 1 and real["coverage"] == 1.0 and real["pixels"] == 1024 * 1024
+        assert summary["models"][name]["regions_miou"] == pytest.approx(real["miou"])
         slide = out / "slides" / name / "synth_slide"
         assert (slide / "labels.tiff").is_file() and (slide / "regions.geojson").is_file()
     assert (out / "stats" / "proportions.png").is_file() and (out / "tiles" / "manifest.parquet").is_file()
     html = (out / "report.html").read_text()
     for section in ("Dataset class proportions", "Sample patches", "Training curves", "Held-out evaluation",
-                    "Predictions on held-out regions", "Whole-slide predictions", "Configuration", "Versions"):
+                    "Predictions on held-out regions", "Real H&amp;E: a BCSS crop", "tissue, truth and predictions",
+                    "Whole-slide predictions", "Configuration", "Versions"):
         assert section in html
     assert "src=\"file:" not in html
     result = check_in_browser(out / "report.html", out / "report.png")
@@ -53,7 +59,8 @@ def test_rerun_redoes_only_what_changed(demo):
     cfg.train["weak"].run.steps = 2
     changed = run_pipeline(cfg, quiet=True, log=lambda m: None)
     redone = {k for k, v in changed["stages"].items() if v != "up to date"}
-    assert redone == {"train:weak", "predict:weak", "evaluate:weak", "slides:weak"}
+    assert redone == {"train:weak", "predict:weak", "evaluate:weak", "predict-regions:weak", "evaluate-regions:weak",
+                      "slides:weak"}
     ledger = json.loads((out / "pipeline.json").read_text())  # as if Ctrl-C had stopped the full model's training
     ledger["train:full"] = "running:" + ledger["train:full"]
     (out / "pipeline.json").write_text(json.dumps(ledger))
@@ -61,6 +68,17 @@ def test_rerun_redoes_only_what_changed(demo):
     resumed = run_pipeline(cfg, quiet=True, log=logs.append)
     assert "[train:full] resuming" in logs
     assert {k for k, v in resumed["stages"].items() if v != "up to date"} == {"train:full"}
+
+
+@pytest.mark.slow
+def test_a_demo_rerun_with_one_changed_parameter_redoes_what_depends_on_it(demo):
+    out, _ = demo
+    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--json", *TINY[:-3], "--steps", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    stages = json.loads(res.stdout[res.stdout.index("{"):])["stages"]
+    redone = {k for k, v in stages.items() if v != "up to date"}
+    assert {k.split(":")[0] for k in redone} == {"train", "predict", "evaluate", "predict-regions", "evaluate-regions",
+                                                 "slides"}  # the data, stats and tiles stay
 
 
 def test_pipeline_config_paths_and_errors(tmp_path):

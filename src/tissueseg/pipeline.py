@@ -56,8 +56,17 @@ class DataSection(_Section):
         return self
 
 
+class LabelledRegion(_Section):
+    image: Path
+    mask: Path = Field(description="its mask of codes (the pipeline's scheme)")
+
+
 class PredictSection(_Section):
     split: str = Field("test", description="regions of this manifest split are predicted and evaluated")
+    regions: list[LabelledRegion] = Field(
+        default_factory=list, description="more regions with masks to predict and evaluate apart from the split "
+                                          "(e.g. real tissue when the training data are generated)")
+    regions_title: str = Field("Other labelled regions", description="their heading in the report")
     max_regions: int | None = Field(None, gt=0)
     slides: list[Path] = Field(default_factory=list, description="whole-slide images to predict")
     slide_mpp: float | None = Field(None, gt=0, description="µm/px of slides that carry none")
@@ -67,7 +76,7 @@ class PredictSection(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-DEFAULT_WEAK_METHOD = "label-grid"
+DEFAULT_WEAK_METHOD = "cam"
 """What ``method: weak`` means in a pipeline config."""
 LABEL_GRID_CELL = 32
 """Side in px of the cells whose image labels ``label-grid`` learns from in the pipeline."""
@@ -78,7 +87,7 @@ class ModelSpec(TrainConfig):
     pipeline's) and, for weak methods, the side of the patches whose image labels it learns from."""
 
     label_patch: int | None = Field(None, gt=0, description="side in px of the labelled patches (weak methods; "
-                                                           f"default: label-grid {LABEL_GRID_CELL}, mil the tile size)")
+                                                           f"default: label-grid {LABEL_GRID_CELL}, others the tile size)")
 
     @model_validator(mode="before")
     @classmethod
@@ -153,6 +162,8 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
     cfg.out = fix(cfg.out)
     cfg.data.root, cfg.data.images, cfg.data.masks = fix(cfg.data.root), fix(cfg.data.images), fix(cfg.data.masks)
     cfg.predict.slides = [fix(p) for p in cfg.predict.slides]
+    for r in cfg.predict.regions:
+        r.image, r.mask = fix(r.image), fix(r.mask)
     return cfg
 
 
@@ -306,10 +317,9 @@ def _held_out(cfg: PipelineConfig, manifest: Any, log: Log) -> tuple[list[Path],
 def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, scheme: Any, pairs: list,
                   tile_key: str, tiles_dir: Path, held_images: list[Path], held_masks: dict[str, Path],
                   stage: Callable[..., bool], quiet: bool) -> dict[str, Any]:
-    """Train one model, predict the held-out regions and slides with it, evaluate it."""
+    """Train one model, predict the held-out regions (and ``predict.regions``) and slides with it, evaluate it."""
     from .checkpoint import load_predictor
     from .infer import predict_files
-    from .metrics import evaluate_folders, write_evaluation
 
     method = spec.method
     manifest = tiles_dir / "manifest.parquet"
@@ -336,38 +346,23 @@ def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, sc
             predictor = load_predictor(train_dir / "best.pt")
         return predictor
 
-    pred_dir = out / "predict" / name
     pred_kw = dict(window=cfg.predict.window, overlap=cfg.predict.overlap, batch_size=cfg.predict.batch_size,
                    device=cfg.predict.device)
-    pred_key = _key(train_key, _fingerprint(held_images), cfg.predict.model_dump(exclude={"slides", "slide_mpp"}))
-    if held_images:
-        def _predict_regions(restart: bool) -> None:
-            if restart:
-                shutil.rmtree(pred_dir, ignore_errors=True)
-            res = predict_files(_predictor(), held_images, pred_dir, workers=1, quiet=quiet, tissue=False,
-                                mpp=cfg.data.mpp, **pred_kw)
-            if res.skipped:
-                raise ValueError("; ".join(r for _, r in res.skipped))
-
-        stage(f"predict:{name}", pred_key, [pred_dir / p.stem / "summary.json" for p in held_images],
-              _predict_regions)
-        eval_dir = out / "eval" / name
-
-        def _evaluate(_: bool) -> None:
-            truth = eval_dir / "truth"  # the held-out masks under their image's stem (masks may carry a suffix)
-            shutil.rmtree(truth, ignore_errors=True)
-            truth.mkdir(parents=True)
-            for stem, mask in held_masks.items():
-                (truth / f"{stem}.png").symlink_to(mask)
-            write_evaluation(evaluate_folders(pred_dir, truth, scheme, truth_format="codes", quiet=True), eval_dir)
-
-        stage(f"evaluate:{name}", _key(pred_key), [eval_dir / "metrics.json"], _evaluate)
-        metrics = json.loads((eval_dir / "metrics.json").read_text())
-        result.update(eval_dir=eval_dir, metrics=metrics, pred_dir=pred_dir)
-        result["summary"].update(miou=metrics.get("miou"), pixel_accuracy=metrics.get("pixel_accuracy"))
+    held = _Scored(name, "", held_images, held_masks)
+    extra = _Scored(name, "regions", [r.image for r in cfg.predict.regions],
+                    {r.image.stem: r.mask for r in cfg.predict.regions})
+    for scored in (held, extra):
+        if scored.images:
+            scored.run(stage, train_key, _predictor, scheme, cfg, out, pred_kw, quiet)
+    if held.metrics is not None:
+        result.update(eval_dir=held.eval_dir, metrics=held.metrics, pred_dir=held.pred_dir)
+        result["summary"].update(miou=held.metrics.get("miou"), pixel_accuracy=held.metrics.get("pixel_accuracy"))
+    if extra.metrics is not None:
+        result.update(regions_eval_dir=extra.eval_dir, regions_metrics=extra.metrics, regions_pred_dir=extra.pred_dir)
+        result["summary"]["regions_miou"] = extra.metrics.get("miou")
     if cfg.predict.slides:
         slide_dir = out / "slides" / name
-        slide_key = _key(train_key, _fingerprint(cfg.predict.slides), cfg.predict.model_dump())
+        slide_key = _key(train_key, _fingerprint(cfg.predict.slides), cfg.predict.model_dump(exclude={"regions"}))
 
         def _predict_slides(restart: bool) -> None:
             if restart:
@@ -381,6 +376,55 @@ def _model_stages(name: str, spec: ModelSpec, cfg: PipelineConfig, out: Path, sc
               _predict_slides)
         result["slide_dir"] = slide_dir
     return result
+
+
+@dataclass
+class _Scored:
+    """A set of regions with masks that a model predicts and is evaluated on (stages
+    ``predict:<model>`` and ``evaluate:<model>``, with a ``-<what>`` suffix for other sets)."""
+
+    model: str
+    what: str
+    images: list[Path]
+    masks: dict[str, Path]
+    metrics: dict | None = None
+
+    @property
+    def _suffix(self) -> str:
+        return f"-{self.what}" if self.what else ""
+
+    def run(self, stage: Callable[..., bool], train_key: str, predictor: Callable[[], Any], scheme: Any,
+            cfg: PipelineConfig, out: Path, pred_kw: dict, quiet: bool) -> None:
+        from .infer import predict_files
+        from .metrics import evaluate_folders, write_evaluation
+
+        self.pred_dir = out / f"predict{self._suffix}" / self.model
+        self.eval_dir = out / f"eval{self._suffix}" / self.model
+        pred_key = _key(train_key, _fingerprint(self.images), cfg.data.mpp,
+                        cfg.predict.model_dump(mode="json", exclude={"slides", "slide_mpp", "regions"}))
+
+        def _predict(restart: bool) -> None:
+            if restart:
+                shutil.rmtree(self.pred_dir, ignore_errors=True)
+            res = predict_files(predictor(), self.images, self.pred_dir, workers=1, quiet=quiet, tissue=False,
+                                mpp=cfg.data.mpp, **pred_kw)
+            if res.skipped:
+                raise ValueError("; ".join(r for _, r in res.skipped))
+
+        def _evaluate(_: bool) -> None:
+            truth = self.eval_dir / "truth"  # the masks under their image's stem (masks may carry a suffix)
+            shutil.rmtree(truth, ignore_errors=True)
+            truth.mkdir(parents=True)
+            for stem, mask in self.masks.items():
+                (truth / f"{stem}.png").symlink_to(Path(mask).resolve())
+            write_evaluation(evaluate_folders(self.pred_dir, truth, scheme, truth_format="codes", quiet=True),
+                             self.eval_dir)
+
+        stage(f"predict{self._suffix}:{self.model}", pred_key,
+              [self.pred_dir / p.stem / "summary.json" for p in self.images], _predict)
+        stage(f"evaluate{self._suffix}:{self.model}", _key(pred_key, _fingerprint(self.masks.values())),
+              [self.eval_dir / "metrics.json"], _evaluate)
+        self.metrics = json.loads((self.eval_dir / "metrics.json").read_text())
 
 
 def _tile(cfg: PipelineConfig, out: Path, scheme: Any, params: TileParams, *, pairs: list, overwrite: bool,
@@ -411,33 +455,54 @@ DEMO_TRAIN_STEPS = 200
 
 
 def demo_config(out: Path, steps: int = DEMO_TRAIN_STEPS) -> PipelineConfig:
-    """The pipeline the demo runs on its generated data: 128 px patches so it fits a few CPU minutes."""
-    run = {"steps": steps, "batch_size": 8, "val_every": max(steps // 4, 1), "checkpoint_every": max(steps // 4, 1),
+    """The pipeline the demo runs on its generated data: 128 px patches so it fits a few CPU minutes.
+
+    The weak model learns from the image labels of the non-overlapping 128 px patches (method
+    ``cam``: a classifier for half the steps, then the segmenter); both models also predict
+    the packaged real BCSS crop (:func:`tissueseg.assets.real_region`), scored apart.
+    """
+    from .assets import real_region
+
+    run = {"steps": steps, "batch_size": 8, "val_every": max(steps // 4, 10), "checkpoint_every": max(steps // 4, 1),
            "seed": 0}
+    real = real_region()
     return PipelineConfig(
         out=out,
         data=DataSection(root=out / "data"),
         scheme="bcss5",
         tile=TileParams(size=128, stride=64, split="bcss-sites", val_fraction=0.25),
-        train={"full": ModelSpec(run=run, data={"workers": 0}), "weak": ModelSpec(method="weak", run=run)},
+        train={"full": ModelSpec(run=run, data={"workers": 0}),
+               "weak": ModelSpec(method="weak", run=run, cam={"classifier_steps": max(steps // 2, 1)})},
         predict=PredictSection(split="test", max_regions=2, window=256,
+                               regions=[LabelledRegion(image=real.image, mask=real.mask)],
+                               regions_title=f"Real H&E: a BCSS crop of {real.slide} ({real.licence}), never trained on",
                                slides=[out / "data" / "slides" / "synth_slide.tiff"]),
     )
 
 
 def run_demo(out: str | Path, *, regions: int = 9, size: int = 1024, slide_size: int = 3072,
              steps: int = DEMO_TRAIN_STEPS, seed: int = 0, quiet: bool = False, log: Log | None = None) -> dict:
-    """Generate a BCSS-like dataset and a pyramidal slide, then run the whole pipeline on them."""
+    """Generate a BCSS-like dataset and a pyramidal slide, then run the whole pipeline on them.
+
+    The generated data are kept on a rerun with the same ``regions``, ``size``, ``slide_size``
+    and ``seed`` and made again otherwise; the pipeline then redoes what depends on what changed.
+    """
     from .synth import make_dataset, make_slide
 
     out = io.check_output_dir(out)
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    log(f"[synth] {regions} regions of {size} px and a {slide_size} px slide in {out / 'data'}")
-    make_dataset(out / "data", n=regions, size=size, seed=seed, quiet=quiet)
-    slide = out / "data" / "slides" / "synth_slide.tiff"
+    data, settings = out / "data", {"regions": regions, "size": size, "slide_size": slide_size, "seed": seed}
+    record = data / "demo-data.json"
+    if data.exists() and (not record.is_file() or json.loads(record.read_text()) != settings):
+        log("[synth] other settings than the data in place: generating them again")
+        shutil.rmtree(data)
+    log(f"[synth] {regions} regions of {size} px and a {slide_size} px slide in {data}")
+    make_dataset(data, n=regions, size=size, seed=seed, quiet=quiet)
+    slide = data / "slides" / "synth_slide.tiff"
     if not slide.exists():
         slide.parent.mkdir(parents=True, exist_ok=True)
         make_slide(slide, (slide_size, slide_size), seed=seed, mpp=0.25, quiet=quiet)
+    io.write_json(record, settings)
     cfg = demo_config(out, steps)
     io.write_text(out / "demo.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return run_pipeline(cfg, quiet=quiet, log=log)

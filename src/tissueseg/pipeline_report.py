@@ -95,6 +95,7 @@ def build_report(cfg: Any, out: Path, scheme: ClassScheme, shown: list[tuple[Pat
             for d in sorted(Path(m["pred_dir"]).iterdir()):
                 figs.append((d / "overlay.png", f"{name}: {d.name[:24]}"))
         rep.add_figures("Predictions on held-out regions", figs, width=360)
+    _other_regions(rep, cfg, out, scheme, models, colors)
     slides = []
     for name, m in models.items():
         if "slide_dir" in m:
@@ -105,6 +106,30 @@ def build_report(cfg: Any, out: Path, scheme: ClassScheme, shown: list[tuple[Pat
     rep.add_text("Configuration", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     rep.add_text("Versions", "\n".join(f"{k}: {v}" for k, v in versions().items()))
     return rep.write(out / "report.html")
+
+
+def _other_regions(rep: Report, cfg: Any, out: Path, scheme: ClassScheme, models: dict[str, dict[str, Any]],
+                   colors: dict) -> None:
+    """``predict.regions``: scores side by side, then per region the tissue, the truth and every model's labels."""
+    scored = {name: m for name, m in models.items() if "regions_metrics" in m}
+    if not scored:
+        return
+    rep.add_scores(cfg.predict.regions_title, {n: m["regions_metrics"] for n, m in scored.items()},
+                   confusion={n: m["regions_eval_dir"] / "confusion.png" for n, m in scored.items()}, colors=colors,
+                   note=f"{len(cfg.predict.regions)} region(s) with masks, predicted by every model and scored "
+                        f"apart from the held-out split (scheme {scheme.name}).")
+    assets = out / "report_assets" / "regions"
+    figs = []
+    for region in cfg.predict.regions:
+        rgb, labels = io.read_image(region.image), scheme.apply(io.read_mask(region.mask))
+        step = max(1, -(-max(labels.shape) // 1024))
+        tissue, truth = assets / f"{region.image.stem}_tissue.png", assets / f"{region.image.stem}_truth.png"
+        io.write_png(tissue, np.ascontiguousarray(rgb[::step, ::step]))
+        io.write_png(truth, colorize(np.ascontiguousarray(labels[::step, ::step]), scheme))
+        figs += [(tissue, f"{region.image.stem[:24]}: tissue"), (truth, "truth")]
+        figs += [(Path(m["regions_pred_dir"]) / region.image.stem / "thumbnail.png", f"{name}: prediction")
+                 for name, m in scored.items()]
+    rep.add_figures(f"{cfg.predict.regions_title}: tissue, truth and predictions", figs, width=280)
 
 
 def versions() -> dict[str, str]:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .augment import Augment
-from .checkpoint import Preprocessing, model_args, read_checkpoint, save_checkpoint
+from .checkpoint import Inference, Preprocessing, model_args, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PatchDataset, RegionCache, StepSampler
 from .manifest import load_manifest, manifest_mpp
@@ -313,9 +313,12 @@ def make_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> TrainResult:
+def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False,
+          supervision: type[Supervision] | None = None) -> TrainResult:
     """Train as ``cfg`` says; resume from ``run.out/last.pt`` when it exists (unless ``overwrite``).
 
+    ``supervision``: a :class:`~tissueseg.supervision.Supervision` class to use in place of
+    ``cfg.method``'s (a method's own stage, e.g. :class:`~tissueseg.supervision.ImageLabels`).
     Raises ``ValueError`` when ``run.out`` holds a run with another config.
     """
     if cfg.data.manifest is None:
@@ -323,7 +326,7 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False) -> Tra
     device = _device(cfg.run.device)
     rank, world, started = _init_distributed(device)
     try:
-        return _train(cfg, quiet, overwrite, device, rank, world)
+        return _train(cfg, quiet, overwrite, device, rank, world, supervision)
     finally:
         if started:
             dist.destroy_process_group()
@@ -386,8 +389,9 @@ class _Run:
     """The mutable state of one training run: model, optimiser, history, best score; and its files."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, scheme: ClassScheme, preprocessing: Preprocessing,
-                 total: int, device: torch.device, rank: int, world: int):
+                 inference: Inference, total: int, device: torch.device, rank: int, world: int):
         self.cfg, self.model, self.scheme, self.preprocessing = cfg, model, scheme, preprocessing
+        self.inference = inference
         self.rank, self.world = rank, world
         self.out = Path(cfg.run.out)
         self.config = cfg.to_dict()
@@ -415,7 +419,7 @@ class _Run:
 
     def _save(self, name: str, state: dict | None = None) -> None:
         save_checkpoint(self.out / name, model=self.model, config=self.config, scheme=self.scheme,
-                        preprocessing=self.preprocessing, state=state)
+                        preprocessing=self.preprocessing, inference=self.inference, state=state)
 
     def save_last(self) -> None:
         """``last.pt`` with the training state (called by every process at the same steps)."""
@@ -474,15 +478,16 @@ def _loaders(cfg: TrainConfig, sup: Supervision, ctx: Context, preprocessing: Pr
     return loader, DataLoader(val_ds, batch_size=max(cfg.run.batch_size // world, 1), shuffle=False, **kw)
 
 
-def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> TrainResult:
+def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device, rank: int, world: int,
+           supervision: type[Supervision] | None) -> TrainResult:
     checkpoint = _open_run(cfg, overwrite, rank)
     out = Path(cfg.run.out)
     df, meta = load_manifest(cfg.data.manifest)
     scheme = resolve_scheme(cfg, meta)
     train_df, val_df = _splits(cfg, df)
     cache = RegionCache(cfg.data.cache_dir or Path(cfg.data.manifest).resolve().parent / "cache")
-    ctx = Context(cfg, train_df, val_df, meta.get("params", meta), scheme, cache, out, device, quiet, rank)
-    sup = build_supervision(cfg.method, ctx)
+    ctx = Context(cfg, train_df, val_df, meta.get("params", meta), scheme, cache, out, device, quiet, rank, overwrite)
+    sup = supervision(ctx) if supervision is not None else build_supervision(cfg.method, ctx)
     cfg.check_input_size(sup.patch_size)
     preprocessing = _preprocessing(cfg, train_df, sup.patch_size)
     if rank == 0:
@@ -495,7 +500,7 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
     model = _build_model(cfg, scheme, device, world)
     if rank:  # dropout draws other masks in every process
         torch.manual_seed(cfg.run.seed + 1_000_003 * rank)
-    run = _Run(cfg, model, scheme, preprocessing, total, device, rank, world)
+    run = _Run(cfg, model, scheme, preprocessing, sup.inference(), total, device, rank, world)
     if checkpoint is not None:
         run.resume(checkpoint)
     if world > 1:

@@ -1,8 +1,10 @@
-"""Segmentation models: DeepLabv3+ (masks) and FCN (image-level labels, MIL).
+"""Models: DeepLabv3+ (the segmenter), the FCN (MIL baselines) and a multi-label patch classifier.
 
 ``build_model(ModelConfig(...), num_classes)`` gives a module whose ``forward`` maps a
-normalised ``(N, C, H, W)`` float batch to logits ``(N, K, H, W)`` at input size;
-:func:`normalization` gives the mean/std (for input in [0, 1]) its encoder expects.
+normalised ``(N, C, H, W)`` float batch to logits: ``(N, K, H, W)`` at input size for the
+segmenters, ``(N, K)`` image logits for the classifier (whose ``forward_maps`` gives its
+class maps, see :mod:`.classifier`); :func:`normalization` gives the mean/std (for input
+in [0, 1]) its encoder expects.
 """
 
 from __future__ import annotations
@@ -13,23 +15,25 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import encoders
+from .classifier import PatchClassifier, build_classifier
 from .deeplab import build_deeplab
 from .fcn import FCN, build_fcn
 
-__all__ = ["FCN", "ModelConfig", "build_model", "input_multiple", "normalization"]
+__all__ = ["FCN", "ModelConfig", "PatchClassifier", "build_model", "input_multiple", "normalization"]
 
 
 class ModelConfig(BaseModel):
     """Which network to build.
 
     ``output_stride=None`` means the architecture's default: 16 for DeepLabv3+ (ASPP
-    rates 6, 12, 18), 8 for the FCN where the encoder can dilate (else its native 32).
+    rates 6, 12, 18) and the patch classifier, 8 for the FCN where the encoder can dilate
+    (else its native 32).
     ``freeze_bn`` is read by training only (see ``docs/distributed.md``).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal["deeplabv3plus", "fcn"] = "deeplabv3plus"
+    arch: Literal["deeplabv3plus", "fcn", "classifier"] = "deeplabv3plus"
     encoder: str = "tf_efficientnet_lite0"
     weights: Literal["imagenet", "none"] = "imagenet"
     output_stride: Literal[8, 16, 32] | None = None
@@ -54,6 +58,11 @@ def build_model(cfg: ModelConfig, num_classes: int, *, background_index: int | N
             encoder, num_classes, weights=cfg.weights, output_stride=cfg.output_stride or 16,
             in_channels=cfg.in_channels,
         )
+    if cfg.arch == "classifier":
+        if background_index is not None:
+            raise ValueError("background_index applies to the FCN only")
+        return build_classifier(encoder, num_classes, weights=cfg.weights, output_stride=cfg.output_stride or 16,
+                                in_channels=cfg.in_channels)
     return build_fcn(
         encoder, num_classes, weights=cfg.weights, output_stride=cfg.output_stride,
         in_channels=cfg.in_channels, background_index=background_index,

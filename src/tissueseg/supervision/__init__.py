@@ -7,6 +7,8 @@ the loss reads, the loss, which pixel counts weigh the classes and which columns
 the sampling. A method is a subclass registered in :data:`METHODS`:
 
 - ``full`` (:class:`~.masks.Masks`): the manifest's pixel masks.
+- ``cam`` (:class:`~.cam.Cam`): image labels of whole patches; a patch classifier
+  (:class:`~.cam.ImageLabels`, stage 1) and its class maps as pseudo-masks.
 - ``label-grid`` (:class:`~.labelgrid.LabelGrid`): image labels of small cells made into
   pseudo-masks (:mod:`tissueseg.weak.pseudomask`).
 - ``mil`` (:class:`~.mil.MIL`): image labels of whole patches and a multiple-instance loss.
@@ -15,11 +17,12 @@ the sampling. A method is a subclass registered in :data:`METHODS`:
 from __future__ import annotations
 
 from .base import Context, Supervision
+from .cam import Cam, ImageLabels
 from .labelgrid import LabelGrid
 from .masks import Masks
 from .mil import MIL
 
-METHODS: dict[str, type[Supervision]] = {"full": Masks, "label-grid": LabelGrid, "mil": MIL}
+METHODS: dict[str, type[Supervision]] = {"full": Masks, "cam": Cam, "label-grid": LabelGrid, "mil": MIL}
 
 
 def build_supervision(method: str, ctx: Context) -> Supervision:
@@ -29,4 +32,5 @@ def build_supervision(method: str, ctx: Context) -> Supervision:
     return METHODS[method](ctx)
 
 
-__all__ = ["METHODS", "Context", "Supervision", "build_supervision", "LabelGrid", "Masks", "MIL"]
+__all__ = ["METHODS", "Cam", "Context", "ImageLabels", "LabelGrid", "MIL", "Masks", "Supervision",
+           "build_supervision"]

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..checkpoint import Inference
 from ..data import Targets, balanced_weights, class_pixel_counts
 from ..losses import LossSum, build_loss
 from ..schemes import IGNORE, ClassScheme
@@ -35,6 +36,8 @@ class Context:
     device: torch.device
     quiet: bool = False
     rank: int = 0
+    overwrite: bool = False
+    """The run starts over (a method's own earlier stages too)."""
 
 
 class Supervision:
@@ -81,6 +84,10 @@ class Supervision:
 
     def write_previews(self, folder: Path) -> None:
         """Pictures of what the model learns from (nothing for masks)."""
+
+    def inference(self) -> Inference:
+        """What prediction adds to the trained model (stored in its checkpoints)."""
+        return Inference()
 
     def output(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The model output the loss reads."""

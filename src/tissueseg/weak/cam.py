@@ -209,7 +209,7 @@ def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
     patch, fused with ``weights``, and normalised again.
     """
     model.eval()
-    x = to_input(images, normalize)
+    x = to_input(images, normalize).to(next(model.parameters()).device)
     depths: list[torch.Tensor] | None = None
     for turns, dims in TTAS[tta]:
         xt = _forward(x, turns, dims)
@@ -219,7 +219,7 @@ def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
     h, w = x.shape[-2] - 2 * margin, x.shape[-1] - 2 * margin
     depths = [d[..., margin : margin + h, margin : margin + w] for d in depths]
     fused = fuse_cams([normalise_per_class(d) for d in depths], weights, (h, w))
-    return normalise_per_class(fused)
+    return normalise_per_class(fused).cpu()
 
 
 @dataclass(frozen=True)
@@ -334,10 +334,10 @@ def patch_labels(model: torch.nn.Module, rgb: np.ndarray, size: int, normalize: 
     h, w = rgb.shape[:2]
     corners = np.array([(x, y) for y in range(0, h, size) for x in range(0, w, size)], np.int64)
     patches = np.stack([crop(rgb, x, y, size, size, fill=255) for x, y in corners])
-    x = to_input(patches, normalize)
+    x = to_input(patches, normalize).to(next(model.parameters()).device)
     flips = FLIPS if tta else FLIPS[:1]
     model.eval()
-    probs = sum(torch.sigmoid(model(x.flip(d) if d else x)) for d in flips) / len(flips)
+    probs = (sum(torch.sigmoid(model(x.flip(d) if d else x)) for d in flips) / len(flips)).cpu()
     return corners, class_gate(probs, threshold)
 
 

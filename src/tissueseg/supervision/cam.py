@@ -1,0 +1,115 @@
+"""``cam``: image labels of whole patches made into pseudo-masks by a patch classifier's class maps.
+
+Two stages, each an ordinary training run of :func:`tissueseg.train.train` (so each resumes
+after Ctrl-C and runs under DDP):
+
+1. :class:`ImageLabels` trains the multi-label patch classifier
+   (:mod:`tissueseg.models.classifier`: class maps at several encoder depths, averaged
+   globally, BCE per depth) on the whole labelled patches, in ``<run.out>/classifier``.
+2. :class:`Cam` makes every region's pseudo-mask from that classifier's class activation
+   maps, fused over depths, normalised per class and restricted to each patch's labels (a
+   single-label patch is labelled whole; :class:`~tissueseg.weak.cam.CamPseudoMasks`), and
+   trains DeepLabv3+ on them with the cross-entropy. Its checkpoints carry flip test-time
+   augmentation and, with ``cam.gate``, the classifier as a class gate, which ``predict``
+   applies.
+
+The manifest holds non-overlapping patches (``tile --size 256 --stride 256 --edge pad``)
+or a published patch-label dataset (``tile --layout``); only its ``label_<class>``
+columns are read for training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import Inference, read_checkpoint
+from ..data import label_columns
+from ..losses import LossSum, multilabel_sum
+from .base import Context, Supervision
+
+CLASSIFIER_DIR = "classifier"
+"""Where, under ``run.out``, stage 1 trains."""
+
+
+class ImageLabels(Supervision):
+    """Stage 1: the patch classifier from each patch's image labels (no pixel is scored: the
+    latest model is kept)."""
+
+    targets = "labels"
+    balance_by = "labels"
+    output_is_logits = False
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        label_columns(ctx.train_df, ctx.scheme)  # a clear error when the manifest has no image labels
+
+    @property
+    def val_df(self):  # the classifier makes no pixel map to score
+        return self.ctx.val_df.iloc[:0]
+
+    def class_counts(self) -> np.ndarray:
+        return self.ctx.train_df[label_columns(self.ctx.train_df, self.ctx.scheme)].to_numpy(np.float64).sum(0)
+
+    def output(self, model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        return model.forward_maps(x)
+
+    def loss(self, output: list[torch.Tensor], batch: dict[str, torch.Tensor]) -> LossSum:
+        return multilabel_sum(output, batch["labels"])
+
+
+def classifier_config(ctx: Context):
+    """The stage-1 training config: the patch classifier on the same data, encoder and seed,
+    whole patches (``data.patch_size`` is stage 2's window), ``cam.classifier_steps`` steps."""
+    cfg = ctx.cfg
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"arch": "classifier", "output_stride": cfg.cam.classifier_output_stride}),
+        "loss": cfg.loss.model_copy(update={"class_weights": "none"}),
+        "data": cfg.data.model_copy(update={"patch_size": None, "balanced": cfg.cam.balanced}),
+        "run": cfg.run.model_copy(update={"steps": cfg.cam.classifier_steps, "epochs": None,
+                                          "out": Path(cfg.run.out) / CLASSIFIER_DIR,
+                                          "val_every": cfg.cam.classifier_steps}),
+    })
+
+
+class Cam(Supervision):
+    """Stage 2: DeepLabv3+ on the class-map pseudo-masks of the stage-1 classifier."""
+
+    balance_by = "labels"
+
+    def __init__(self, ctx: Context):
+        from ..checkpoint import load_predictor
+        from ..train import train
+        from ..weak.cam import CamOptions, CamPseudoMasks
+
+        super().__init__(ctx)
+        label_columns(ctx.train_df, ctx.scheme)
+        size, stride = ctx.params.get("size"), ctx.params.get("stride")
+        if size is not None and stride is not None and int(stride) != int(size):
+            raise ValueError(f"{ctx.cfg.data.manifest}: tiled with stride {stride} != size {size}; method cam "
+                             "needs non-overlapping labelled patches (tile with stride = size, edge pad)")
+        stage1 = train(classifier_config(ctx), quiet=ctx.quiet, overwrite=ctx.overwrite, supervision=ImageLabels)
+        self.classifier_path = stage1.last
+        classifier = load_predictor(stage1.last, ctx.device)
+        cam = ctx.cfg.cam
+        options = CamOptions(tta=cam.tta, refine_radius=cam.refine_radius, context=cam.context)
+        self.pseudo = CamPseudoMasks(ctx.train_df, ctx.scheme, ctx.cache, classifier.model,
+                                     (classifier.preprocessing.mean, classifier.preprocessing.std), options,
+                                     quiet=ctx.quiet or ctx.rank > 0)
+        self.label_source = self.pseudo
+
+    def class_counts(self) -> np.ndarray:
+        return self.pseudo.pixel_counts(self.ctx.scheme.num_classes)
+
+    def write_previews(self, folder: Path) -> None:
+        self.pseudo.write_previews(folder, self.ctx.scheme)
+
+    def inference(self) -> Inference:
+        cam = self.ctx.cfg.cam
+        if cam.gate is None:
+            return Inference(flip_tta=cam.flip_tta)
+        stage1 = read_checkpoint(self.classifier_path)
+        return Inference(flip_tta=cam.flip_tta, gate={"model": stage1["model"], "config": stage1["config"]},
+                         gate_threshold=cam.gate)

@@ -1,0 +1,117 @@
+"""End to end: method ``cam`` (labels of whole patches -> classifier -> CAM pseudo-masks ->
+DeepLabv3+) against the sigmoid-max MIL baseline, at the same label granularity.
+
+Both learn from the image labels of the same non-overlapping 64 px patches of the same
+generated regions, through ``tissueseg.train.train``, with the same number of optimiser
+steps x batch (cam's two stages together), and are scored on held-out generated regions.
+Small on purpose (CI): bench/quality.py has the real comparison.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tissueseg import io, synth
+from tissueseg.checkpoint import load_predictor, read_checkpoint
+from tissueseg.config import TrainConfig
+from tissueseg.manifest import load_manifest, tile_dataset
+from tissueseg.metrics import confusion_matrix, scores
+from tissueseg.schemes import IGNORE, load_scheme
+from tissueseg.supervision.cam import CLASSIFIER_DIR
+from tissueseg.train import train
+
+SIZE, PATCH, CODES = 256, 64, (1, 2, 3, 9)
+STAGE1, STAGE2, BATCH = 60, 100, 4
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _region(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    layout = synth.random_layout((SIZE, SIZE), seed, codes=CODES, scale=0.35, roi=False)
+    return synth.make_region((SIZE, SIZE), seed, layout=layout)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cam")
+    scheme = load_scheme("bcss5")
+    pairs = []
+    for i in range(6):
+        rgb, codes = _region(200 + i)
+        pairs.append((io.write_png(root / "img" / f"r{i}.png", rgb), io.write_png(root / "msk" / f"r{i}.png", codes)))
+    tile_dataset(pairs, root / "patches", scheme, size=PATCH, stride=PATCH, edge="pad", min_roi=0.0, split="none",
+                 mpp=0.25, quiet=True)
+    held = [_region(17 + i) for i in range(2)]
+    return root, scheme, [(rgb, scheme.apply(codes)) for rgb, codes in held]
+
+
+def _config(manifest: Path, out: Path, method: str, steps: int, **sections) -> TrainConfig:
+    data = {"method": method, "data": {"manifest": str(manifest), "stain_jitter": 0.0},
+            "run": {"steps": steps, "batch_size": BATCH, "seed": 0, "out": str(out), "val_every": steps,
+                    "checkpoint_every": steps}}
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return TrainConfig.model_validate(data)
+
+
+@torch.no_grad()
+def _miou(checkpoint: Path, held: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    p = load_predictor(checkpoint)
+    k = p.scheme.num_classes
+    cm = sum(confusion_matrix(p.probabilities(p.preprocess(torch.from_numpy(rgb)[None])).argmax(1)[0].numpy(),
+                              labels, k) for rgb, labels in held)
+    return scores(cm, p.scheme.names)["miou"]
+
+
+@pytest.mark.slow
+def test_cam_beats_sigmoid_max_from_the_labels_of_the_same_patches(data, tmp_path):
+    root, _, held = data
+    cam = train(_config(root / "patches", tmp_path / "cam", "cam", STAGE2, cam={"classifier_steps": STAGE1}),
+                quiet=True)
+    mil = train(_config(root / "patches", tmp_path / "mil", "mil", STAGE1 + STAGE2, loss={"name": "sigmoid-max"},
+                        model={"arch": "fcn"}), quiet=True)
+    cam_miou, baseline = _miou(cam.best, held), _miou(mil.best, held)
+    print(f"cam {cam_miou:.3f}, sigmoid-max {baseline:.3f}")
+    assert cam_miou > baseline + 0.1, (cam_miou, baseline)
+
+
+def test_cam_trains_stage_one_then_learns_from_its_pseudo_masks_without_reading_masks(data, tmp_path, monkeypatch):
+    root, scheme, _ = data
+    df, _ = load_manifest(root / "patches")
+    train_masks = set(df["mask_path"])
+    real = io.read_mask
+
+    def guarded(path):
+        assert str(path) not in train_masks, f"method cam read the mask {path}"
+        return real(path)
+
+    monkeypatch.setattr(io, "read_mask", guarded)
+    cfg = _config(root / "patches", tmp_path / "w", "cam", 2, model={"weights": "none"},
+                  cam={"classifier_steps": 2, "gate": 0.3, "tta": "none", "flip_tta": True})
+    result = train(cfg, quiet=True)
+    stage1 = read_checkpoint(tmp_path / "w" / CLASSIFIER_DIR / "last.pt")
+    assert stage1["config"]["model"]["arch"] == "classifier" and stage1["state"]["step"] == 2
+    previews = sorted((tmp_path / "w" / "pseudo-masks").glob("*.png"))
+    assert [p.stem for p in previews] == [f"r{i}" for i in range(6)]
+    for path, rows in df.groupby("image_path"):  # the pseudo-mask never holds a class the patch's labels lack
+        mask = np.asarray(io.read_mask(tmp_path / "w" / "pseudo-masks" / f"{Path(path).stem}.png"))
+        for _, row in rows.iterrows():
+            allowed = {i for i, n in enumerate(scheme.names) if row[f"label_{n}"]} | {IGNORE}
+            window = mask[row["y"] : row["y"] + PATCH, row["x"] : row["x"] + PATCH]
+            assert set(np.unique(window)) <= allowed
+    p = load_predictor(result.best)
+    assert p.inference.flip_tta and p.inference.gate_threshold == 0.3 and p.gate is not None
+    probs = p.probabilities(p.preprocess(torch.from_numpy(data[2][0][0][None, :64, :64])))
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 64, 64))
+
+
+def test_cam_refuses_overlapping_patches(data, tmp_path):
+    root, scheme, _ = data
+    pairs = [(p, root / "msk" / p.name) for p in sorted((root / "img").glob("*.png"))]
+    tile_dataset(pairs, tmp_path / "t", scheme, size=64, stride=32, split="none", mpp=0.25, quiet=True)
+    with pytest.raises(ValueError, match="stride 32 != size 64"):
+        train(_config(tmp_path / "t", tmp_path / "o", "cam", 1, model={"weights": "none"}), quiet=True)
