@@ -29,32 +29,19 @@ from ..checkpoint import Inference, read_checkpoint
 from ..data import label_columns
 from ..losses import LossSum, multilabel_sum
 from .base import Context, Supervision
+from .mil import MIL
 
 CLASSIFIER_DIR = "classifier"
 """Where, under ``run.out``, stage 1 trains."""
 
 
-class ImageLabels(Supervision):
-    """Stage 1: the patch classifier from each patch's image labels (no pixel is scored: the
-    latest model is kept)."""
-
-    targets = "labels"
-    balance_by = "labels"
-    output_is_logits = False
-
-    def __init__(self, ctx: Context):
-        super().__init__(ctx)
-        label_columns(ctx.train_df, ctx.scheme)  # a clear error when the manifest has no image labels
+class ImageLabels(MIL):
+    """Stage 1: the patch classifier from each patch's image labels, with the multi-label BCE of
+    its averaged class maps (no pixel is scored: the latest model is kept)."""
 
     @property
     def val_df(self):  # the classifier makes no pixel map to score
         return self.ctx.val_df.iloc[:0]
-
-    def class_counts(self) -> np.ndarray:
-        return self.ctx.train_df[label_columns(self.ctx.train_df, self.ctx.scheme)].to_numpy(np.float64).sum(0)
-
-    def output(self, model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-        return model.forward_maps(x)
 
     def loss(self, output: list[torch.Tensor], batch: dict[str, torch.Tensor]) -> LossSum:
         return multilabel_sum(output, batch["labels"])

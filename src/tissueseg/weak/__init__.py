@@ -1,7 +1,12 @@
-"""Weak supervision: segmenters trained from image-level labels of patches only.
+"""Weak supervision: the algorithms that turn image-level labels of patches into pixel targets.
 
-The default method reads the labels of small patches as a *label grid* over each region
-(:mod:`.labelgrid`), turns it into a pseudo-mask per region (:mod:`.pseudomask`) and
-trains DeepLabv3+ on those with the ordinary loop (:func:`tissueseg.train.train`, loss
-``label-grid``). See ``docs/weak-supervision.md`` for the methods compared and the numbers.
+- :mod:`.cam` (method ``cam``, the default): a multi-label patch classifier's class maps
+  fused over depths, normalised per class and restricted to each patch's labels, as
+  pseudo-masks from the labels of whole patches;
+- :mod:`.labelgrid` and :mod:`.pseudomask` (method ``label-grid``): the labels of small cells
+  laid out as a grid and interpolated into pseudo-masks;
+- :mod:`.mosaic`: mosaics of single-label patches with exact masks (measured in the bench).
+
+:mod:`tissueseg.supervision` serves them to the training loop. See
+``docs/weak-supervision.md`` for the methods compared and the numbers.
 """

@@ -39,19 +39,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import io
-from ..colorize import colorize
 from ..data import RegionCache, crop, label_columns
 from ..schemes import IGNORE, ClassScheme
-from ..stats import count_codes
+from .source import PseudoMaskSource
 
 DEFAULT_WEIGHTS: tuple[float, ...] | None = None
 """Fusion weights of the class maps, shallow to deep; None: equal. On the bench's 256 px patches
 (EfficientNet-Lite0 levels 2, 3, 4) equal weights gave pseudo-masks of 0.792 mIoU, TPRO's
 0.3/0.3/0.4 0.791, MLPS's 0.2/0.2/0.6 0.778, the deepest maps alone 0.719."""
 
-PREVIEW_SIDE = 1024
-"""Longest side of the pseudo-mask previews."""
 
 Normalize = tuple[Sequence[float], Sequence[float]]
 
@@ -187,6 +183,11 @@ TTAS: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
 """Test-time augmentations as ``(quarter turns, flipped dims)``: none, the 4 flips, the 8 of the dihedral group."""
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def _forward(x: torch.Tensor, turns: int, dims: tuple[int, ...]) -> torch.Tensor:
     x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
     return x.flip(dims) if dims else x
@@ -209,7 +210,7 @@ def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
     patch, fused with ``weights``, and normalised again.
     """
     model.eval()
-    x = to_input(images, normalize).to(next(model.parameters()).device)
+    x = to_input(images, normalize).to(_device(model))
     depths: list[torch.Tensor] | None = None
     for turns, dims in TTAS[tta]:
         xt = _forward(x, turns, dims)
@@ -334,7 +335,7 @@ def patch_labels(model: torch.nn.Module, rgb: np.ndarray, size: int, normalize: 
     h, w = rgb.shape[:2]
     corners = np.array([(x, y) for y in range(0, h, size) for x in range(0, w, size)], np.int64)
     patches = np.stack([crop(rgb, x, y, size, size, fill=255) for x, y in corners])
-    x = to_input(patches, normalize).to(next(model.parameters()).device)
+    x = to_input(patches, normalize).to(_device(model))
     flips = FLIPS if tta else FLIPS[:1]
     model.eval()
     probs = (sum(torch.sigmoid(model(x.flip(d) if d else x)) for d in flips) / len(flips)).cpu()
@@ -380,7 +381,7 @@ def _is_grid(df: pd.DataFrame) -> bool:
     return True
 
 
-class CamPseudoMasks:
+class CamPseudoMasks(PseudoMaskSource):
     """The CAM pseudo-masks of every labelled patch of a table, assembled per image, as a ``label_source``.
 
     ``df``: a tile manifest with ``size == stride`` (the patches tile their regions; each
@@ -399,6 +400,7 @@ class CamPseudoMasks:
         self.model: torch.nn.Module | None = model
         self.grid = _is_grid(df)
         self._rows = {str(p): rows for p, rows in df.groupby("image_path", sort=False)}
+        self.paths = list(self._rows)
         self._cols = cols
         digest = model_digest(model) + repr((astuple(options), [list(v) for v in normalize]))
         self._tags: dict[str, str] = {}
@@ -428,15 +430,3 @@ class CamPseudoMasks:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "model": None}
-
-    def pixel_counts(self, num_classes: int) -> np.ndarray:
-        """Pixels of every class over all pseudo-masks (for class weights)."""
-        return sum(count_codes(np.asarray(self(p)))[:num_classes] for p in self._rows)
-
-    def write_previews(self, folder: str | Path, scheme: ClassScheme) -> None:
-        """Palette PNGs ``<folder>/<stem>.png`` (longest side at most :data:`PREVIEW_SIDE`), to look at."""
-        for path in self._rows:
-            mask = self(path)
-            step = -(-max(mask.shape) // PREVIEW_SIDE)
-            io.write_png(Path(folder) / f"{Path(path).stem}.png",
-                         colorize(np.ascontiguousarray(mask[::step, ::step]), scheme))

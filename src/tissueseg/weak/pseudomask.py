@@ -28,15 +28,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import io
-from ..colorize import colorize
 from ..data import RegionCache
 from ..schemes import IGNORE, ClassScheme
-from ..stats import count_codes
 from . import labelgrid
+from .source import PseudoMaskSource
 
-PREVIEW_SIDE = 1024
-"""Longest side of the pseudo-mask previews."""
 
 DEFAULT_SMOOTH = 0.25
 """Gaussian sigma of the prior, in cells."""
@@ -125,7 +121,7 @@ def _pseudo_mask_of(grid: np.ndarray, cell: int, shape: tuple[int, int], smooth:
     return pseudo_mask(grid, cell, shape, smooth)
 
 
-class PseudoMasks:
+class PseudoMasks(PseudoMaskSource):
     """The pseudo-masks of the regions of a label-grid manifest, as a ``label_source``.
 
     The manifest must be tiled with ``size == stride`` (the cells); its ``label_<class>``
@@ -144,21 +140,10 @@ class PseudoMasks:
             shape = (int(shapes.loc[path, "height"]), int(shapes.loc[path, "width"]))
             key = hashlib.sha1(grid.tobytes() + repr((grid.shape, cell, shape, smooth)).encode()).hexdigest()
             self._sources[path] = (f"pseudo-{key[:12]}", partial(_pseudo_mask_of, grid, cell, shape, smooth))
+        self.paths = list(self._sources)
         for path in tqdm(self._sources, desc="pseudo-masks", disable=quiet or None, file=sys.stderr, leave=False):
             self(path)
 
     def __call__(self, path: str) -> np.ndarray:
         tag, make = self._sources[str(path)]
         return self.cache.get(Path(path), tag, make)
-
-    def pixel_counts(self, num_classes: int) -> np.ndarray:
-        """Pixels of every class over all pseudo-masks (for class weights)."""
-        return sum(count_codes(np.asarray(self(p)))[:num_classes] for p in self._sources)
-
-    def write_previews(self, folder: str | Path, scheme: ClassScheme) -> None:
-        """Palette PNGs ``<folder>/<stem>.png`` (longest side at most :data:`PREVIEW_SIDE`), to look at."""
-        for path in self._sources:
-            mask = self(path)
-            step = -(-max(mask.shape) // PREVIEW_SIDE)
-            io.write_png(Path(folder) / f"{Path(path).stem}.png",
-                         colorize(np.ascontiguousarray(mask[::step, ::step]), scheme))
