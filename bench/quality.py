@@ -158,14 +158,18 @@ def labelled_patches(regions: list[Region], size: int, k: int) -> tuple[list[np.
 
 
 def pm_scores(pseudo: list[Region], train: list[Region], k: int, names: list[str]) -> dict:
-    """mIoU of pseudo-masks against the true masks of the training regions, and the share of labelled pixels they cover."""
+    """mIoU of pseudo-masks on the labelled pixels they cover (what stage 2 trains on), and that share.
+
+    A pseudo-mask leaves uncertain pixels out of training on purpose, so its IoU is scored on the
+    pixels it labels and its coverage is reported beside it.
+    """
     cm = np.zeros((k, k + 1), np.int64)
     covered = labelled = 0
     for (_, pm), (_, lab) in zip(pseudo, train):
         cm += confusion_matrix(pm, lab, k)
         labelled += int((lab != IGNORE).sum())
         covered += int(((lab != IGNORE) & (pm != IGNORE)).sum())
-    sc = scores(cm, names)
+    sc = scores(cm[:, :k], names)
     return {"pm_miou": sc["miou"], "pm_iou": {n: sc["per_class"][n]["iou"] for n in names},
             "pm_coverage": covered / max(labelled, 1)}
 
