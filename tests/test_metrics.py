@@ -15,7 +15,7 @@ from tissueseg.cli import main
 from tissueseg.colorize import colorize_files, write_label_png
 from tissueseg.io import InputError
 from tissueseg.metrics import ConfusionAccumulator, confusion_matrix, evaluate_folders, plot_confusion, scores
-from tissueseg.schemes import bcss5, bcss22
+from tissueseg.schemes import bcss5, bcss22, bcss_wsss4, bcss_wsss_masks
 
 TRUTH = np.array([[0, 0, 1, 1], [0, 2, 2, 255]])
 PRED = np.array([[0, 1, 1, 1], [2, 2, 0, 0]])
@@ -143,6 +143,23 @@ def test_evaluate_wsss_convention_ignores_background(tmp_path):
     r = evaluate_folders(pred, truth, convention="wsss")
     assert r["names"] == ["tumor", "stroma", "lymphocytic_infiltrate", "necrosis"]
     assert np.array(r["confusion"]).sum() == 2 and r["pixel_accuracy"] == 0.5
+
+
+def test_wsss_convention_scores_models_of_either_bcss_wsss_scheme_and_refuses_others(tmp_path):
+    truth = tmp_path / "t"
+    truth.mkdir()
+    mask = Image.fromarray(np.array([[0, 1, 2, 4]], np.uint8), mode="P")
+    mask.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 153, 0, 255, 255, 255, 255])
+    mask.save(truth / "a+0.png")
+    labels = np.array([[0, 1, 1, 3]], np.uint8)
+    for scheme in (bcss_wsss_masks(), bcss_wsss4()):  # trained on the dataset's masks, or on BCSS codes
+        pred = tmp_path / scheme.name
+        write_label_png(pred / "a+0.png", labels, scheme)
+        r = evaluate_folders(pred, truth, convention="wsss")
+        assert np.array(r["confusion"])[:, :4].tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    write_label_png(tmp_path / "bcss5" / "a+0.png", labels, bcss5())
+    with pytest.raises(InputError, match="bcss5"):
+        evaluate_folders(tmp_path / "bcss5", truth, convention="wsss")
 
 
 def test_per_image_table_and_coverage(tmp_path):

@@ -247,6 +247,29 @@ def resolve_scheme(predictions: list[Path], given: ClassScheme | None) -> ClassS
     return first[1]
 
 
+def wsss_classes(predictions: list[Path], given: ClassScheme | None) -> ClassScheme:
+    """The four BCSS-WSSS classes (``bcss-wsss4``), which ``convention="wsss"`` scores.
+
+    A model trained on BCSS masks (``bcss-wsss4``) and one trained on the dataset's own masks
+    (``bcss-wsss-masks``) predict the same class indices, so ``given`` and what predictions
+    record must name these classes in this order, whatever codes they were mapped from.
+    Raises ``ValueError`` for ``given``, :class:`~tissueseg.io.InputError` naming a prediction
+    otherwise.
+    """
+    wsss = bcss_wsss4()
+    if given is not None and given.names != wsss.names:
+        raise ValueError(f"--convention wsss scores the BCSS-WSSS classes, not scheme {given.name!r}")
+    for path in predictions:
+        try:
+            rec = recorded_scheme(path)
+        except io.InputError:
+            continue
+        if rec is not None and rec.names != wsss.names:
+            raise io.InputError(path, f"was predicted with scheme {rec.name!r}; --convention wsss scores the "
+                                      f"BCSS-WSSS classes ({', '.join(wsss.names)})")
+    return wsss
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     truth_dir: str | Path,
@@ -267,7 +290,8 @@ def evaluate_folders(
     predicted: a miss); truth is raw codes mapped through the scheme (``truth_format="codes"``)
     or class indices (``"labels"``). ``scheme=None`` takes the scheme the predictions record
     (see :func:`resolve_scheme`). ``convention="wsss"``: BCSS-WSSS palette masks, the four
-    ``bcss-wsss4`` classes, background (index 4) ignored. Unmatched and unreadable files are
+    BCSS-WSSS classes (predictions of ``bcss-wsss4`` or ``bcss-wsss-masks``, see
+    :func:`wsss_classes`), background (index 4) ignored. Unmatched and unreadable files are
     listed and skipped.
 
     Returns the pooled scores plus ``per_image`` (one row per scored pair), ``confusion``
@@ -278,15 +302,12 @@ def evaluate_folders(
     back (``kept`` True), another one is replaced only with ``overwrite``.
     """
     chosen = None if scheme is None else load_scheme(scheme)
-    if convention == "wsss":
-        if chosen is not None and not _same_classes(chosen, bcss_wsss4()):
-            raise ValueError(f"--convention wsss scores the bcss-wsss4 classes, not scheme {chosen.name!r}")
-        chosen = bcss_wsss4()
     preds, truths = _by_stem(Path(pred_dir), "prediction"), _by_stem(Path(truth_dir), "truth")
     pairs = [(preds[s], truths[s]) for s in preds if s in truths]
     if not pairs:
         raise io.InputError(pred_dir, f"no prediction has a truth file of the same name in {truth_dir}")
-    chosen = resolve_scheme([p for p, _ in pairs], chosen)
+    resolve = wsss_classes if convention == "wsss" else resolve_scheme
+    chosen = resolve([p for p, _ in pairs], chosen)
     stamp = fingerprint.key(fingerprint.file_stamps([*preds.values(), *truths.values()]), chosen.to_dict(),
                             truth_format, pred_format, convention)
     if out is not None and fingerprint.reuse(Path(out) / "metrics.json", stamp, overwrite):
