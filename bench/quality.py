@@ -2,9 +2,10 @@
 
 Generated H&E regions (tissueseg.synth) on the layouts of the real BCSS masks
 (../shared/data/bcss/masks; random layouts when absent); training and held-out regions
-have different seeds and crops. Every method gets the SAME training budget: the total
-number of training samples, optimiser steps x batch size summed over all its stages
-(``--steps`` x ``--batch``), the same crop size, optimiser (AdamW, poly LR) and seed. Weak
+have different seeds and crops. Every segmenter gets the SAME training budget: optimiser
+steps x batch size (``--steps`` x ``--batch``) of the same crop size, optimiser (AdamW, poly
+LR) and seed; two-stage methods add their stage-1 classifier (``--cls-steps``), counted in
+the cost columns (samples, Mpx, seconds; ``+eq`` takes it off stage 2 instead). Weak
 methods see only image-level labels of patches (the ``label_<class>`` columns a manifest
 tiled at that patch size would hold, threshold 5 % of the ROI); the masks of the training
 regions are used only by the full model. Scores: per-class IoU and mIoU on the held-out
@@ -35,6 +36,7 @@ from tissueseg.losses import build_loss, cross_entropy
 from tissueseg.metrics import confusion_matrix, scores
 from tissueseg.models import ModelConfig, build_model, encoders, normalization
 from tissueseg.schemes import IGNORE, ClassScheme, load_scheme
+from tissueseg.stats import class_weights
 from tissueseg.weak import labelgrid
 from tissueseg.weak.pseudomask import pseudo_mask
 
@@ -80,6 +82,13 @@ def full_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     return F.cross_entropy(model(x), y.long(), ignore_index=IGNORE)
 
 
+def weighted_loss(pseudo: list[Region], k: int) -> Callable:
+    """Cross-entropy weighted by median frequency over the pseudo-masks' pixels (as ``loss.class_weights: median``)."""
+    counts = sum(np.bincount(m[m < k].ravel(), minlength=k) for _, m in pseudo)
+    weights = torch.tensor(class_weights(counts, "median"), dtype=torch.float32)
+    return lambda model, x, y: cross_entropy(model(x), y, ignore_index=IGNORE, class_weights=weights)
+
+
 def with_label_sets(mask: np.ndarray, corners: np.ndarray, size: int, labels: np.ndarray) -> np.ndarray:
     """A pseudo-mask and its patches' label sets in one int64 map: ``class << 16 | label-set bits``."""
     bits = np.zeros(mask.shape, np.int64)
@@ -123,12 +132,13 @@ model's label-restricted predictions on the real patches). Options:
   mosaics also from one-class windows of the pseudo-masks, ``r2`` two rounds (the second on the first's
   label-restricted predictions), ``eq`` shortened by the classifier's steps (equal samples), ``set``
   the loss adds to the cross-entropy on the pseudo-masks the label-set loss of every pixel's patch labels
-  (``-log sum_{k in L} p_k``, which is never wrong: it trains the pixels ``margin`` ignores);
+  (``-log sum_{k in L} p_k``, which is never wrong: it trains the pixels ``margin`` ignores), ``wce``
+  the cross-entropy weighted by median frequency over the pseudo-masks' pixels;
 - prediction: ``gate`` class gate of the classifier per patch, ``notta`` no flip TTA, ``stage1`` the
   classifier's own gated CAMs (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
-STAGE2_OPTS = ("bal", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set")
+STAGE2_OPTS = ("bal", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set", "wce")
 PREDICT_OPTS = ("gate", "notta", "stage1")
 
 
@@ -288,7 +298,8 @@ class PatchLabelRun:
                     sources = self.mosaics(size, pm if "pmosaic" in key else None, a.seed + r)
                     streams.append(mosaic_batches(sources, n_mosaic))
                 n = steps // rounds + (steps % rounds if r == rounds - 1 else 0)
-                fit(model, concat_batches(*streams), set_loss if "set" in key else full_loss, n, self.norm, lr=a.lr,
+                loss = set_loss if "set" in key else weighted_loss(pm, self.k) if "wce" in key else full_loss
+                fit(model, concat_batches(*streams), loss, n, self.norm, lr=a.lr,
                     desc=f"{base}@{size} stage 2 round {r + 1}")
             return model, pm_sc, cost + _cost(steps, a.batch, a.crop, time.perf_counter() - start)
         return self._once(("segmenter", base, size, key), make)

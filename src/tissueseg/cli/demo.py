@@ -41,9 +41,10 @@ def command(out: Path, regions: int, size: int, slide_size: int, steps: int, see
 
 def _text(summary: dict) -> str:
     lines = ["", "stages:"] + [f"  {k:<22} {v}" for k, v in summary["stages"].items()]
-    lines.append("held-out evaluation (mIoU):")
+    lines.append("mIoU on the generated held-out regions and on the packaged real BCSS crop:")
+    lines.append(f"  {'model':<8} {'method':<6} {'held-out':>8}  {'real crop':>9}")
     for name, m in summary.get("models", {}).items():
-        miou = m.get("miou")
-        lines.append(f"  {name:<8} {m['method']:<5} " + (f"{miou:.3f}" if miou is not None else "-"))
+        cells = [f"{m[key]:.3f}" if m.get(key) is not None else "-" for key in ("miou", "regions_miou")]
+        lines.append(f"  {name:<8} {m['method']:<6} {cells[0]:>8}  {cells[1]:>9}")
     lines.append(f"report: {summary['report']}  ({summary['seconds']:.0f} s)")
     return "\n".join(lines)
