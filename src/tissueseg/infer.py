@@ -192,6 +192,68 @@ class BandStats:
     seconds: float
 
 
+class BandMerger:
+    """Blends weighted window probabilities and writes each band once no later window touches it.
+
+    A ring of ``window`` image rows holds the running sums ``sum(w * p)`` and ``sum(w)``. A
+    finished band is written to ``labels`` (argmax; :data:`IGNORE` where no window or no tissue
+    reached) and ``probs`` (``sum(w * p) / sum(w)`` x 255), its labels are added to ``counts``
+    and ``on_band(band, counts)`` runs. Bands before ``start_band`` are taken as done: their
+    rows are cleared, not written.
+    """
+
+    def __init__(self, grid: Grid, num_classes: int, labels: Any, probs: Any | None, mask: np.ndarray | None,
+                 counts: np.ndarray, start_band: int = 0,
+                 on_band: Callable[[int, np.ndarray], None] | None = None):
+        self.grid, self.labels, self.probs, self.mask = grid, labels, probs, mask
+        self.counts, self.start_band, self.on_band = counts, start_band, on_band
+        self.weights = blend_weights(grid.window)
+        self.ring = np.zeros((num_classes, grid.window, grid.width), dtype=np.float32)
+        self.wsum = np.zeros((grid.window, grid.width), dtype=np.float32)
+        self.next_band = 0
+
+    def add(self, row: int, col: int, weighted: np.ndarray) -> None:
+        """Add the ``(K, window, window)`` weighted probabilities of window ``(row, col)`` of the grid."""
+        g = self.grid
+        y, x0 = row * g.stride, col * g.stride
+        self.finish_before(y)
+        x1 = min(x0 + g.window, g.width)
+        for b, local in _ring(y, min(y + g.window, g.height), g.window):
+            self.ring[:, b, x0:x1] += weighted[:, local, : x1 - x0]
+            self.wsum[b, x0:x1] += self.weights[local, : x1 - x0]
+
+    def finish_before(self, row: int) -> None:
+        """Write every band that ends at or before image row ``row``."""
+        while self.next_band < self.grid.bands and self.grid.band_rows(self.next_band)[1] <= row:
+            self._finish(self.next_band)
+            self.next_band += 1
+
+    def _finish(self, band: int) -> None:
+        r0, r1 = self.grid.band_rows(band)
+        pieces = _ring(r0, r1, self.grid.window)
+        if band >= self.start_band:
+            self._write(r0, r1, np.concatenate([self.ring[:, b] for b, _ in pieces], axis=1),
+                        np.concatenate([self.wsum[b] for b, _ in pieces], axis=0))
+        for b, _ in pieces:
+            self.ring[:, b] = 0
+            self.wsum[b] = 0
+        if band >= self.start_band and self.on_band is not None:
+            self.on_band(band, self.counts)
+
+    def _write(self, r0: int, r1: int, acc: np.ndarray, ws: np.ndarray) -> None:
+        valid = (ws > 0) & _scaled_mask_rows(self.mask, self.grid, r0, r1)
+        lab = acc.argmax(0).astype(np.uint8)
+        lab[~valid] = IGNORE
+        self.labels[r0:r1, :] = lab
+        if self.probs is not None:
+            p = acc / np.maximum(ws, 1e-12)
+            p *= 255.0
+            np.rint(p, out=p)
+            p[:, ~valid] = 0
+            self.probs[:, r0:r1, :] = p.astype(np.uint8)
+        self.counts[:] += np.bincount(lab.ravel(), minlength=256)
+
+
 def predict_bands(
     predictor: PredictorLike,
     read_window: Callable[[int, int, int], np.ndarray],
@@ -220,48 +282,15 @@ def predict_bands(
     t0 = time.perf_counter()
     predictor.check_window(grid.window)
     device = device or next(predictor.model.parameters()).device
-    K, win, W = predictor.scheme.num_classes, grid.window, grid.width
+    win = grid.window
     keep = window_keep(grid, mask)
     order = [(k, i) for k in range(grid.ny) for i in range(grid.nx) if keep[k, i]]
     first_row = grid.first_row_touching(start_band)
     first_batch = next((j // batch_size for j, (k, _) in enumerate(order) if k >= first_row), len(order) // batch_size)
     todo = order[first_batch * batch_size :]
     counts = np.zeros(256, dtype=np.int64) if counts is None else counts.astype(np.int64).copy()
-    w_np = blend_weights(win)
-    weight = torch.from_numpy(w_np).to(device)
-    ring = np.zeros((K, win, W), dtype=np.float32)
-    wsum = np.zeros((win, W), dtype=np.float32)
-    next_band = 0
-
-    def finalize(band: int) -> None:
-        r0, r1 = grid.band_rows(band)
-        pieces = _ring(r0, r1, win)
-        if band >= start_band:
-            acc = np.concatenate([ring[:, b] for b, _ in pieces], axis=1)
-            ws = np.concatenate([wsum[b] for b, _ in pieces], axis=0)
-            valid = (ws > 0) & _scaled_mask_rows(mask, grid, r0, r1)
-            lab = acc.argmax(0).astype(np.uint8)
-            lab[~valid] = IGNORE
-            labels[r0:r1, :] = lab
-            if probs is not None:
-                p = acc / np.maximum(ws, 1e-12)
-                p *= 255.0
-                np.rint(p, out=p)
-                p[:, ~valid] = 0
-                probs[:, r0:r1, :] = p.astype(np.uint8)
-            counts[:] += np.bincount(lab.ravel(), minlength=256)
-        for b, _ in pieces:
-            ring[:, b] = 0
-            wsum[b] = 0
-        if band >= start_band and on_band is not None:
-            on_band(band, counts)
-
-    def finalize_before(row: int) -> None:
-        nonlocal next_band
-        while next_band < grid.bands and grid.band_rows(next_band)[1] <= row:
-            finalize(next_band)
-            next_band += 1
-
+    merger = BandMerger(grid, predictor.scheme.num_classes, labels, probs, mask, counts, start_band, on_band)
+    weight = torch.from_numpy(merger.weights).to(device)
     bar = tqdm(total=len(todo), desc=desc, unit="win", disable=quiet or None, file=sys.stderr, leave=False)
     use_amp = device.type == "cuda"
     run = 0
@@ -275,19 +304,13 @@ def predict_bands(
                     window_probs = torch.nn.functional.interpolate(window_probs, size=(win, win), mode="bilinear")
                 weighted = (window_probs * weight).cpu().numpy()
                 for (k, i), wp in zip(batch, weighted):
-                    if k < first_row:
-                        continue
-                    y, x0 = k * grid.stride, i * grid.stride
-                    finalize_before(y)
-                    x1 = min(x0 + win, W)
-                    for b, local in _ring(y, min(y + win, grid.height), win):
-                        ring[:, b, x0:x1] += wp[:, local, : x1 - x0]
-                        wsum[b, x0:x1] += w_np[local, : x1 - x0]
+                    if k >= first_row:  # earlier rows only complete a batch formed as in the first run
+                        merger.add(k, i, wp)
                 run += len(batch)
                 bar.update(len(batch))
                 area = run * grid.stride**2 / 1e6  # image area the windows stand for
                 bar.set_postfix_str(f"{area / max(bar.format_dict['elapsed'], 1e-9):.2f} MP/s", refresh=False)
-        finalize_before(grid.height + 1)
+        merger.finish_before(grid.height + 1)
     finally:
         bar.close()
     return BandStats(grid.nx * grid.ny, len(order), run, counts, start_band, time.perf_counter() - t0)
@@ -415,14 +438,9 @@ def predict_image(
     stamp = _fingerprint(path, predictor, mpp=mpp, target_mpp=target_mpp, window=window, overlap=overlap,
                          tissue=tissue, probabilities=probabilities)
     if fingerprint.reuse(summary_path, stamp, overwrite):
-        data = json.loads(summary_path.read_text())
-        data.pop("megapixels", None)
-        return PredictionResult(**{**data, "size": tuple(data["size"]), "level0_size": tuple(data["level0_size"]),
-                                   "already_done": True})
+        return _kept_result(summary_path)
     if overwrite:
-        for name in (*STORE_FILES, "summary.json", "probabilities.tiff"):
-            p = dest / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        _remove_outputs(dest)
     scheme = predictor.scheme
     with open_image(path, mpp) as reader:
         base_mpp = require_mpp(reader)
@@ -430,23 +448,17 @@ def predict_image(
         level, _ = plan_read(reader, t_mpp)
         width, height = target_size(reader, t_mpp)
         win = int(window or predictor.patch_size)
-        is_region = reader.level_count == 1 and reader.dimensions[0] * reader.dimensions[1] <= REGION_PNG_MAX
+        is_region = _is_region(reader)
         detect = not is_region if tissue == "auto" else bool(tissue)
         grid = make_grid(width, height, win, overlap)
         thumb = reader.thumbnail(min(THUMB_MAX, max(reader.dimensions)))
         mask = tissue_mask(thumb, base_mpp * reader.dimensions[0] / thumb.shape[1]) if detect else None
         dest.mkdir(parents=True, exist_ok=True)
         labels, probs, start, counts = _open_stores(dest, grid, scheme.num_classes, probabilities, stamp)
-
-        def record(band: int, c: np.ndarray) -> None:
-            io.write_json(dest / "progress.json", {"fingerprint": stamp, "bands_done": band + 1,
-                                                   "bands": grid.bands, "counts": c.tolist()})
-            if on_band is not None:
-                on_band(band, c)
-
         stats = predict_bands(
             predictor, partial(_read_window, reader, t_mpp), grid, labels, probs=probs, mask=mask,
-            batch_size=batch_size, device=dev, start_band=start, counts=counts, on_band=record, quiet=quiet,
+            batch_size=batch_size, device=dev, start_band=start, counts=counts,
+            on_band=partial(_record_progress, dest / "progress.json", stamp, grid.bands, on_band), quiet=quiet,
             desc=path.name,
         )
         outputs = export.write_outputs(
@@ -460,6 +472,34 @@ def predict_image(
     )
     io.write_json(summary_path, result.to_dict())
     return result
+
+
+def _record_progress(path: Path, stamp: str, bands: int, on_band: Callable[[int, np.ndarray], None] | None,
+                     band: int, counts: np.ndarray) -> None:
+    """After a band: write ``progress.json`` (what a resumed run starts from), then call ``on_band``."""
+    io.write_json(path, {"fingerprint": stamp, "bands_done": band + 1, "bands": bands, "counts": counts.tolist()})
+    if on_band is not None:
+        on_band(band, counts)
+
+
+def _kept_result(summary_path: Path) -> PredictionResult:
+    """The result of a finished prediction, read back from its ``summary.json``."""
+    data = json.loads(summary_path.read_text())
+    data.pop("megapixels", None)
+    return PredictionResult(**{**data, "size": tuple(data["size"]), "level0_size": tuple(data["level0_size"]),
+                               "already_done": True})
+
+
+def _remove_outputs(dest: Path) -> None:
+    """Delete what a prediction wrote into ``dest`` (stores, summary, probability TIFF)."""
+    for name in (*STORE_FILES, "summary.json", "probabilities.tiff"):
+        p = dest / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _is_region(reader: SlideReader) -> bool:
+    """A region, not a whole-slide image: one level of at most ``REGION_PNG_MAX`` px."""
+    return reader.level_count == 1 and reader.dimensions[0] * reader.dimensions[1] <= REGION_PNG_MAX
 
 
 def _read_window(reader: SlideReader, target_mpp: float, x: int, y: int, size: int) -> np.ndarray:
