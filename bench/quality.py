@@ -46,6 +46,7 @@ from fitloop import (  # bench/fitloop.py
 from tissueseg.data import crop
 from tissueseg.losses import multilabel
 from tissueseg.models.classifier import build_classifier
+from tissueseg.models.encoders import init_encoder
 from tissueseg.weak import cam
 from tissueseg.weak.mosaic import MosaicDataset, pure_sources
 
@@ -127,10 +128,11 @@ model's label-restricted predictions on the real patches). Options:
 - pseudo-masks: ``bal`` stage 1 draws its patches class-balanced, ``gf`` guided-filter refinement of the CAMs, ``white`` glass ignored, ``min`` pixels of
   mixed patches where no label's CAM reaches ``--min-score`` ignored, ``margin`` pixels whose best label
   beats the second by less than ``--margin`` ignored, ``ctx`` the classifier sees
-  ``--context`` px around each patch, ``nocamtta`` CAMs without flip averaging;
+  ``--context`` px around each patch, ``nocamtta`` CAMs without flip averaging, ``ipp`` the maps of
+  mixed patches redrawn by image-specific prototypes (``--prototypes`` iterations);
 - stage 2: ``mosaic`` batches partly mosaics of single-label patches (``--mosaic-mix``), ``pmosaic``
   mosaics also from one-class windows of the pseudo-masks, ``r2`` two rounds (the second on the first's
-  label-restricted predictions), ``eq`` shortened by the classifier's steps (equal samples), ``set``
+  label-restricted predictions), ``init`` the segmenter's encoder starts from the stage-1 classifier's, ``eq`` shortened by the classifier's steps (equal samples), ``set``
   the loss adds to the cross-entropy on the pseudo-masks the label-set loss of every pixel's patch labels
   (``-log sum_{k in L} p_k``, which is never wrong: it trains the pixels ``margin`` ignores), ``wce``
   the cross-entropy weighted by median frequency over the pseudo-masks' pixels;
@@ -138,7 +140,7 @@ model's label-restricted predictions on the real patches). Options:
   classifier's own gated CAMs (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
-STAGE2_OPTS = ("bal", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set", "wce")
+STAGE2_OPTS = ("bal", "ipp", "init", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set", "wce")
 PREDICT_OPTS = ("gate", "notta", "stage1")
 
 
@@ -229,7 +231,7 @@ class PatchLabelRun:
 
     def pseudo(self, size: int, opts: frozenset[str]) -> tuple[list[Region], dict, Cost]:
         """The CAM pseudo-masks of the training regions, their scores against the truth, stage 1 + their cost."""
-        key = frozenset(opts & {"gf", "white", "min", "margin", "ctx", "nocamtta", "bal"})
+        key = frozenset(opts & {"gf", "white", "min", "margin", "ctx", "nocamtta", "bal", "ipp"})
 
         def make() -> tuple:
             model, cost = self.classifier(size, "bal" in key)
@@ -238,7 +240,8 @@ class PatchLabelRun:
                                      refine_eps=self.args.gf_eps, white=200 if "white" in key else None,
                                      min_score=self.args.min_score if "min" in key else 0.0,
                                      context=self.args.context if "ctx" in key else 0,
-                                     margin=self.args.margin if "margin" in key else 0.0)
+                                     margin=self.args.margin if "margin" in key else 0.0,
+                                     prototypes=self.args.prototypes if "ipp" in key else 0)
             start = time.perf_counter()
             out = [(rgb, cam.region_pseudo_mask(model, rgb, xy, size, lab, self.norm, options))
                    for (rgb, _), xy, lab in zip(self.train, corners, labels)]
@@ -281,6 +284,8 @@ class PatchLabelRun:
             corners, labels, _, _ = self.patches(size)
             torch.manual_seed(a.seed)
             model = build_model(ModelConfig(weights=a.weights), self.k)
+            if "init" in key:
+                init_encoder(model, self.classifier(size, "bal" in key)[0])
             start = time.perf_counter()
             for r in range(rounds):
                 if r:
@@ -312,7 +317,8 @@ class PatchLabelRun:
             corners, labels = cam.patch_labels(model, rgb, size, self.norm, self.args.gate)
             return cam.region_pseudo_mask(model, rgb, corners, size, labels.astype(np.uint8), self.norm,
                                           cam.CamOptions(refine_radius=self.args.gf_radius if "gf" in opts else 0,
-                                                         refine_eps=self.args.gf_eps))
+                                                         refine_eps=self.args.gf_eps,
+                                                         prototypes=self.args.prototypes if "ipp" in opts else 0))
         model, _, _ = self.segmenter(base, size, opts)
         probs = predict_probs(model, rgb, self.norm, tta="notta" not in opts)
         if "gate" in opts:
@@ -442,6 +448,7 @@ def main() -> None:
     p.add_argument("--min-score", type=float, default=0.2, help="CAM score under which pixels are ignored (+min)")
     p.add_argument("--context", type=int, default=64, help="px of context around each patch for the CAMs (+ctx)")
     p.add_argument("--margin", type=float, default=0.1, help="CAM margin under which pixels are ignored (+margin)")
+    p.add_argument("--prototypes", type=int, default=3, help="iterations of image-specific prototypes (+ipp)")
     p.add_argument("--gf-radius", type=int, default=16, help="guided filter radius (+gf)")
     p.add_argument("--gf-eps", type=float, default=1e-3, help="guided filter eps (+gf)")
     p.add_argument("--threads", type=int, default=2)

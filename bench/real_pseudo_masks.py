@@ -6,9 +6,11 @@ y = 224 (i % 10)). Given a stage-1 classifier of method ``cam`` trained on the B
 training patches (``tissueseg train configs/weak.yaml --manifest <tile --layout bcss-wsss>``:
 ``<out>/classifier/last.pt``), this makes the CAM pseudo-mask of every A0SK patch from its
 ``[abcd]`` flags, puts them back on the grid and scores them (``bcss-wsss4``, every other code
-ignored) beside the label grid's pseudo-masks from the same labels. Prints a table.
+ignored) beside the label grid's pseudo-masks from the same labels; with ``--segmenter``, also
+the stage-2 model's prediction of the region (flip-averaged), alone and restricted to each
+patch's labels. Prints a table.
 
-Run: python bench/real_pseudo_masks.py CLASSIFIER.pt [--tta flip] [--refine 0]
+Run: python bench/real_pseudo_masks.py CLASSIFIER.pt [--tta flip] [--refine 0] [--prototypes 3] [--segmenter LAST.pt]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from fitloop import predict_probs  # bench/fitloop.py
 from tissueseg import io
 from tissueseg.checkpoint import load_predictor
 from tissueseg.metrics import confusion_matrix, scores
@@ -58,6 +61,9 @@ def main() -> None:
     p.add_argument("classifier", type=Path)
     p.add_argument("--tta", default="flip", choices=["none", "flip", "d4"])
     p.add_argument("--refine", type=int, default=0, help="guided-filter radius (0: none)")
+    p.add_argument("--prototypes", type=int, default=3, help="iterations of image-specific prototypes (0: none)")
+    p.add_argument("--segmenter", type=Path, help="a stage-2 checkpoint (<out>/last.pt): rows for its prediction "
+                                                   "of the region, alone and restricted to the patch labels")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,12 +73,17 @@ def main() -> None:
     corners, labels = a0sk_labels()
     classifier = load_predictor(args.classifier)
     prep = classifier.preprocessing
-    options = cam.CamOptions(tta=args.tta, refine_radius=args.refine)
+    options = cam.CamOptions(tta=args.tta, refine_radius=args.refine, prototypes=args.prototypes)
     rows = {"cam": cam.region_pseudo_mask(classifier.model, rgb, corners, PATCH, labels, (prep.mean, prep.std),
                                           options)}
     grid = np.zeros((truth.shape[0] // PATCH, truth.shape[1] // PATCH, 4), np.uint8)
     grid[corners[:, 1] // PATCH, corners[:, 0] // PATCH] = labels
     rows["label grid"] = grid_pseudo_mask(grid, PATCH, truth.shape)
+    if args.segmenter is not None:
+        seg = load_predictor(args.segmenter)
+        probs = predict_probs(seg.model, rgb, (seg.preprocessing.mean, seg.preprocessing.std))
+        rows["stage 2 alone"] = probs.argmax(0).numpy().astype(np.uint8)
+        rows["stage 2 restricted to the labels"] = cam.restrict_region(probs, corners, PATCH, labels)
     names = bcss_wsss4().names
     print("| pseudo-masks from 224 px patch labels | " + " | ".join(names) + " | mean TUM/STR/NEC | coverage |")
     print("|---" * (len(names) + 3) + "|")

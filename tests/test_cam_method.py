@@ -10,6 +10,7 @@ Small on purpose (CI): bench/quality.py has the real comparison.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,9 +20,10 @@ from tissueseg import io, synth
 from tissueseg.checkpoint import load_predictor, read_checkpoint
 from tissueseg.config import TrainConfig
 from tissueseg.manifest import load_manifest, tile_dataset
+from tissueseg.models import encoders
 from tissueseg.metrics import confusion_matrix, scores
 from tissueseg.schemes import IGNORE, load_scheme
-from tissueseg.supervision.cam import CLASSIFIER_DIR
+from tissueseg.supervision.cam import CLASSIFIER_DIR, classifier_config
 from tissueseg.train import train
 
 SIZE, PATCH, CODES = 256, 64, (1, 2, 3, 9)
@@ -90,11 +92,16 @@ def test_cam_trains_stage_one_then_learns_from_its_pseudo_masks_without_reading_
         return real(path)
 
     monkeypatch.setattr(io, "read_mask", guarded)
+    starts = []
+    monkeypatch.setattr(encoders, "init_encoder", lambda model, classifier: starts.append(
+        {k: v.clone() for k, v in classifier.encoder.state_dict().items()}))
     cfg = _config(root / "patches", tmp_path / "w", "cam", 2, model={"weights": "none"},
-                  cam={"classifier_steps": 2, "gate": 0.3, "tta": "none", "flip_tta": True})
+                  cam={"classifier_steps": 2, "gate": 0.3, "tta": "none", "flip_tta": True, "init_encoder": True})
     result = train(cfg, quiet=True)
     stage1 = read_checkpoint(tmp_path / "w" / CLASSIFIER_DIR / "last.pt")
     assert stage1["config"]["model"]["arch"] == "classifier" and stage1["state"]["step"] == 2
+    assert len(starts) == 1  # stage 2 started from the trained classifier's encoder
+    torch.testing.assert_close(starts[0]["conv_stem.weight"], stage1["model"]["encoder.conv_stem.weight"])
     previews = sorted((tmp_path / "w" / "pseudo-masks").glob("*.png"))
     assert [p.stem for p in previews] == [f"r{i}" for i in range(6)]
     for path, rows in df.groupby("image_path"):  # the pseudo-mask never holds a class the patch's labels lack
@@ -115,3 +122,13 @@ def test_cam_refuses_overlapping_patches(data, tmp_path):
     tile_dataset(pairs, tmp_path / "t", scheme, size=64, stride=32, split="none", mpp=0.25, quiet=True)
     with pytest.raises(ValueError, match="stride 32 != size 64"):
         train(_config(tmp_path / "t", tmp_path / "o", "cam", 1, model={"weights": "none"}), quiet=True)
+
+
+def test_stage_one_config_ignores_the_pseudo_mask_and_prediction_options(tmp_path):
+    def stage1(**cam) -> dict:
+        return classifier_config(SimpleNamespace(cfg=_config(tmp_path / "m", tmp_path / "o", "cam", 5, cam=cam))).to_dict()
+
+    base = stage1(classifier_steps=3)
+    assert base == stage1(classifier_steps=3, prototypes=0, tta="d4", gate=0.4, refine_radius=4, flip_tta=True)
+    assert base["run"]["steps"] == 3 and base["model"]["arch"] == "classifier"
+    assert base != stage1(classifier_steps=4) and base != stage1(classifier_steps=3, balanced=False)

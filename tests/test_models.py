@@ -149,3 +149,22 @@ def test_pretrained_features_on_real_he_separate_tissues(lite0_imagenet, nct_dir
     assert gaps["imagenet"] > 0.05 and gaps["imagenet"] > 5 * gaps["random"]
     flip = torch.nn.functional.cosine_similarity(features(lite0_imagenet, x), features(lite0_imagenet, x.flip(3)))
     assert float(flip.mean()) > 0.8
+
+
+def test_init_encoder_starts_a_segmenter_from_a_classifier_of_the_same_encoder():
+    from tissueseg.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    classifier = build_classifier("tf_efficientnet_lite0", 3, weights="none")
+    for arch in ("deeplabv3plus", "fcn"):
+        model = build_model(ModelConfig(arch=arch, weights="none"), 3)
+        decoder = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("encoder")}
+        encoders.init_encoder(model, classifier)
+        body = model.encoder.model if arch == "deeplabv3plus" else model.encoder
+        for key, value in classifier.encoder.state_dict().items():
+            torch.testing.assert_close(body.state_dict()[key], value)
+        for key, value in decoder.items():  # the rest is left as built
+            torch.testing.assert_close(model.state_dict()[key], value)
+    other = build_model(ModelConfig(arch="deeplabv3plus", encoder="resnet18", weights="none"), 3)
+    with pytest.raises(ValueError, match="does not fit"):
+        encoders.init_encoder(other, classifier)

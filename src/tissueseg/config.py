@@ -58,6 +58,10 @@ class CamConfig(_Section):
     tta: Literal["none", "flip", "d4"] = Field("flip", description="test-time augmentation of the class maps")
     refine_radius: int = Field(0, ge=0, description="guided-filter radius in px at colour edges; 0 = none")
     context: int = Field(0, ge=0, description="px of the region around each patch the classifier sees")
+    prototypes: int = Field(3, ge=0, description="iterations of image-specific prototypes redrawing the class maps "
+                                                 "of mixed patches by their own features; 0 = none")
+    init_encoder: bool = Field(False, description="stage 2's encoder starts from the stage-1 classifier's "
+                                                  "(same encoder) instead of the model's weights")
     flip_tta: bool = Field(False, description="prediction averages the flips (stored in the checkpoint; 3x the "
                                               "cost for about +0.01 mIoU on the bench)")
     gate: float | None = Field(None, gt=0, lt=1, description="class gate at prediction: a class the classifier "

@@ -498,6 +498,7 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
     random.seed(cfg.run.seed)
     np.random.seed(cfg.run.seed % 2**32)
     model = _build_model(cfg, scheme, device, world)
+    sup.init_model(model)
     if rank:  # dropout draws other masks in every process
         torch.manual_seed(cfg.run.seed + 1_000_003 * rank)
     run = _Run(cfg, model, scheme, preprocessing, sup.inference(), total, device, rank, world)

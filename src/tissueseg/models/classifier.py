@@ -33,7 +33,8 @@ def gap_logits(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class PatchClassifier(nn.Module):
-    """``forward_maps(x)`` -> class maps per depth (shallow to deep); ``forward(x)`` -> ``(N, K)`` logits.
+    """``forward_maps(x)`` -> class maps per depth (shallow to deep); ``forward(x)`` -> ``(N, K)`` logits;
+    ``forward_features(x)`` -> the encoder features the maps are made from.
 
     ``forward``'s logits are the mean over depths of :func:`gap_logits` (what a class gate
     thresholds after a sigmoid).
@@ -46,9 +47,13 @@ class PatchClassifier(nn.Module):
         self.reductions: tuple[int, ...] = tuple(int(r) for r in encoder.feature_info.reduction())
         self.num_classes = num_classes
 
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(N, C_d, H / r_d, W / r_d)`` encoder features of every depth ``d`` (what its class-map head reads)."""
+        return self.encoder(x)
+
     def forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(N, K, H / r_d, W / r_d)`` class scores for every depth ``d`` (``r_d`` its reduction)."""
-        return [head(f) for head, f in zip(self.heads, self.encoder(x))]
+        return [head(f) for head, f in zip(self.heads, self.forward_features(x))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gap_logits(self.forward_maps(x)).mean(dim=1)

@@ -114,3 +114,21 @@ def mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if cfg is None:
         raise ValueError(f"unknown timm encoder {name!r}")
     return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+
+
+def init_encoder(model: torch.nn.Module, classifier: torch.nn.Module) -> None:
+    """Start a segmenter's timm encoder (DeepLabv3+ or FCN) from a patch classifier's encoder.
+
+    Every tensor of the classifier's encoder must have its namesake, of the same shape, in the
+    segmenter's (the same timm architecture; the output stride may differ); the segmenter's
+    tensors the classifier lacks keep their values.
+    """
+    encoder = getattr(model, "encoder", None)
+    body = getattr(encoder, "model", encoder)  # smp wraps the timm model, the FCN holds it
+    if not isinstance(body, torch.nn.Module):
+        raise ValueError(f"{type(model).__name__} has no encoder to start from the classifier's")
+    source, target = classifier.encoder.state_dict(), body.state_dict()
+    wrong = [k for k, v in source.items() if k not in target or target[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"the classifier's encoder does not fit the segmenter's ({len(wrong)} tensors, e.g. {wrong[0]})")
+    body.load_state_dict(source, strict=False)

@@ -82,6 +82,9 @@ class Supervision:
         """Per-patch weights for ``data.balanced`` sampling."""
         return balanced_weights(self.ctx.train_df, self.ctx.scheme, self.balance_by)
 
+    def init_model(self, model: torch.nn.Module) -> None:
+        """Set the starting weights of a newly built model (default: as built)."""
+
     def write_previews(self, folder: Path) -> None:
         """Pictures of what the model learns from (nothing for masks)."""
 

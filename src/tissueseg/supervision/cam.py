@@ -47,11 +47,17 @@ class ImageLabels(MIL):
         return multilabel_sum(output, batch["labels"])
 
 
+STAGE1_OPTIONS = ("classifier_steps", "classifier_output_stride", "balanced")
+"""The ``cam`` options stage 1 reads; the others (pseudo-masks, prediction) are left at their
+defaults in its config, so a trained classifier is found equal whatever they say."""
+
+
 def classifier_config(ctx: Context):
     """The stage-1 training config: the patch classifier on the same data, encoder and seed,
     whole patches (``data.patch_size`` is stage 2's window), ``cam.classifier_steps`` steps."""
     cfg = ctx.cfg
     return cfg.model_copy(update={
+        "cam": type(cfg.cam)(**{name: getattr(cfg.cam, name) for name in STAGE1_OPTIONS}),
         "model": cfg.model.model_copy(update={"arch": "classifier", "output_stride": cfg.cam.classifier_output_stride}),
         "loss": cfg.loss.model_copy(update={"class_weights": "none"}),
         "data": cfg.data.model_copy(update={"patch_size": None, "balanced": cfg.cam.balanced}),
@@ -81,7 +87,8 @@ class Cam(Supervision):
         self.classifier_path = stage1.last
         classifier = load_predictor(stage1.last, ctx.device)
         cam = ctx.cfg.cam
-        options = CamOptions(tta=cam.tta, refine_radius=cam.refine_radius, context=cam.context)
+        options = CamOptions(tta=cam.tta, refine_radius=cam.refine_radius, context=cam.context,
+                             prototypes=cam.prototypes)
         self.pseudo = CamPseudoMasks(ctx.train_df, ctx.scheme, ctx.cache, classifier.model,
                                      (classifier.preprocessing.mean, classifier.preprocessing.std), options,
                                      quiet=ctx.quiet or ctx.rank > 0)
@@ -89,6 +96,14 @@ class Cam(Supervision):
 
     def class_counts(self) -> np.ndarray:
         return self.pseudo.pixel_counts(self.ctx.scheme.num_classes)
+
+    def init_model(self, model: torch.nn.Module) -> None:
+        """With ``cam.init_encoder``, stage 2's encoder starts from the stage-1 classifier's."""
+        if self.ctx.cfg.cam.init_encoder:
+            from ..checkpoint import load_predictor
+            from ..models.encoders import init_encoder
+
+            init_encoder(model, load_predictor(self.classifier_path).model)
 
     def write_previews(self, folder: Path) -> None:
         self.pseudo.write_previews(folder, self.ctx.scheme)

@@ -8,7 +8,9 @@ label map per patch, which trains an ordinary segmenter with the cross-entropy (
    over the patch (so a weakly scored class is not drowned by a strong one);
 2. :func:`fuse_cams`: the depths upsampled to the patch and averaged with ``weights``
    (shallow to deep; fine boundaries from the shallow maps, reliable classes from the deep);
-3. optionally :func:`refine`: a guided filter (He et al. 2013) with the RGB patch as guide
+3. optionally :func:`~tissueseg.weak.prototypes.prototype_scores`: each mixed patch's maps
+   redrawn by the similarity of its pixels' features to its own class prototypes (SIPE);
+   optionally :func:`refine`: a guided filter (He et al. 2013) with the RGB patch as guide
    moves the score boundaries onto colour edges;
 4. :func:`pseudo_mask`: the most likely class *among the patch's labels* only
    (:func:`restrict_to_labels`: an absent class never appears); a single-label patch is
@@ -234,7 +236,8 @@ class CamOptions:
     mixed patch where no label's score reaches it are ignored (glass, uncertain boundaries);
     ``margin``: pixels of a mixed patch whose best label beats the second by less are
     ignored (uncertain; stage 2 fills them in); ``context``: px of the region around each patch the classifier sees
-    (:func:`region_pseudo_mask`); ``batch``: patches per forward pass.
+    (:func:`region_pseudo_mask`); ``prototypes`` > 0: the maps of a mixed patch redrawn by
+    :func:`~tissueseg.weak.prototypes.prototype_scores` with that many iterations; ``batch``: patches per forward pass.
     """
 
     weights: tuple[float, ...] | None = DEFAULT_WEIGHTS
@@ -245,6 +248,7 @@ class CamOptions:
     min_score: float = 0.0
     margin: float = 0.0
     context: int = 0
+    prototypes: int = 0
     batch: int = 16
 
 
@@ -254,6 +258,8 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
 
     ``images`` ``(N, H + 2 margin, W + 2 margin, 3)``: the patches with ``margin`` px of context.
     """
+    from .prototypes import patch_features, prototype_scores
+
     images, labels = np.asarray(images), np.asarray(labels)
     h, w = images.shape[1] - 2 * margin, images.shape[2] - 2 * margin
     out = np.empty((len(images), h, w), np.uint8)
@@ -261,13 +267,18 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
         batch = images[s : s + options.batch]
         need = labels[s : s + options.batch].sum(axis=1) > 1  # single-label and unlabelled patches need no maps
         cams = patch_cams(model, batch[need], normalize, options.weights, options.tta, margin) if need.any() else None
+        feats = (patch_features(model, batch[need], normalize, options.tta, margin)
+                 if need.any() and options.prototypes > 0 else None)
         j = 0
         for i, (rgb, lab) in enumerate(zip(batch[:, margin : margin + h, margin : margin + w],
                                            labels[s : s + options.batch])):
             scores = torch.zeros((lab.size, *rgb.shape[:2]))
             ignore = white_pixels(rgb, options.white) if options.white is not None else np.zeros(rgb.shape[:2], bool)
             if need[i]:
-                scores, j = restrict_to_labels(cams[j], lab), j + 1
+                scores = restrict_to_labels(cams[j], lab)
+                if feats is not None:
+                    scores = prototype_scores(feats[j], scores, lab, options.prototypes)
+                j += 1
                 if options.refine_radius > 0:
                     scores = refine(rgb, scores, options.refine_radius, options.refine_eps)
                 ignore |= scores.amax(dim=0).numpy() < options.min_score

@@ -1,0 +1,77 @@
+"""Image-specific prototypes: a patch's class maps redrawn by the similarity of its own features.
+
+A patch classifier's class map is high where a class is most *discriminative*, which is often
+only part of where the class *is* (Chen et al. 2022, SIPE). Inside one patch the pixels of a
+class resemble each other more than they resemble the patch's other classes, so the maps can
+seed a better split: :func:`prototype_scores` takes each pixel's best class among the patch's
+labels as a seed, makes each class's *prototype* the mean of its seeds' features, scores every
+pixel by its cosine similarity to every prototype, and redraws the seeds from those scores,
+``iters`` times (a k-means whose clusters are the patch's labels, started from the class maps).
+
+:func:`patch_features` gives the features: the classifier's encoder features of every depth
+(:meth:`~tissueseg.models.classifier.PatchClassifier.forward_features`), each normalised
+per pixel, at the shallowest depth's resolution, concatenated and averaged over the
+test-time augmentations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import cam
+
+
+@torch.no_grad()
+def patch_features(model: torch.nn.Module, images: np.ndarray, normalize: cam.Normalize,
+                   tta: cam.Tta = "flip", margin: int = 0) -> torch.Tensor:
+    """``(N, C, h, w)`` features of uint8 patches ``(N, H + 2 margin, W + 2 margin, 3)``.
+
+    Every depth of ``model.forward_features`` is L2-normalised over its channels, resized to
+    the shallowest depth's grid, concatenated, averaged over ``tta`` (:data:`~.cam.TTAS`) and
+    cropped by ``margin`` (scaled to that grid).
+    """
+    model.eval()
+    x = cam.to_input(images, normalize).to(cam._device(model))
+    total: torch.Tensor | None = None
+    for turns, dims in cam.TTAS[tta]:
+        levels = model.forward_features(cam._forward(x, turns, dims))
+        size = tuple(levels[0].shape[-2:])
+        cat = torch.cat([F.normalize(F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False), dim=1)
+                         for f in levels], dim=1)
+        cat = cam._inverse(cat, turns, dims)
+        total = cat if total is None else total + cat
+    feats = total / len(cam.TTAS[tta])
+    if margin:
+        scale = feats.shape[-1] / x.shape[-1]
+        m = int(round(margin * scale))
+        feats = feats[..., m : feats.shape[-2] - m, m : feats.shape[-1] - m]
+    return feats.cpu()
+
+
+def prototype_scores(features: torch.Tensor, scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                     iters: int = 3) -> torch.Tensor:
+    """``(K, H, W)`` scores in [0, 1] of a patch's labelled classes by similarity to its own class prototypes.
+
+    ``features`` ``(C, h, w)`` (:func:`patch_features`), ``scores`` ``(K, H, W)`` the class
+    maps (seeds: the best labelled class at every feature pixel), ``labels`` ``(K,)``
+    multi-hot. The score of a labelled class is ``(1 + cos) / 2`` to its prototype, bilinearly
+    resized to ``(H, W)``; absent classes score 0. A patch with fewer than two labels, or
+    ``iters`` 0, returns ``scores`` restricted to the labels.
+    """
+    scores = cam.restrict_to_labels(scores, labels)
+    classes = torch.from_numpy(np.flatnonzero(cam._tensor(labels).reshape(-1).numpy() > 0))
+    if classes.numel() < 2 or iters < 1:
+        return scores
+    f = F.normalize(cam._tensor(features), dim=0)
+    small = F.interpolate(scores[None], size=tuple(f.shape[-2:]), mode="bilinear", align_corners=False)[0]
+    seeds = small[classes].argmax(dim=0)
+    for _ in range(iters):
+        hot = F.one_hot(seeds, classes.numel()).permute(2, 0, 1).to(f)  # (L, h, w)
+        prototypes = F.normalize(torch.einsum("lhw,chw->lc", hot, f), dim=1)
+        similarity = torch.einsum("lc,chw->lhw", prototypes, f)
+        seeds = similarity.argmax(dim=0)
+    out = torch.zeros((scores.shape[0], *small.shape[-2:]))
+    out[classes] = (similarity + 1) / 2
+    return F.interpolate(out[None], size=tuple(scores.shape[-2:]), mode="bilinear", align_corners=False)[0]
