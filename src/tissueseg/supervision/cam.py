@@ -86,6 +86,7 @@ class Cam(Supervision):
         stage1 = train(classifier_config(ctx), quiet=ctx.quiet, overwrite=ctx.overwrite, supervision=ImageLabels)
         self.classifier_path = stage1.last
         classifier = load_predictor(stage1.last, ctx.device)
+        self.classifier = classifier.model
         cam = ctx.cfg.cam
         options = CamOptions(tta=cam.tta, refine_radius=cam.refine_radius, context=cam.context,
                              prototypes=cam.prototypes)
@@ -100,10 +101,9 @@ class Cam(Supervision):
     def init_model(self, model: torch.nn.Module) -> None:
         """With ``cam.init_encoder``, stage 2's encoder starts from the stage-1 classifier's."""
         if self.ctx.cfg.cam.init_encoder:
-            from ..checkpoint import load_predictor
             from ..models.encoders import init_encoder
 
-            init_encoder(model, load_predictor(self.classifier_path).model)
+            init_encoder(model, self.classifier)
 
     def write_previews(self, folder: Path) -> None:
         self.pseudo.write_previews(folder, self.ctx.scheme)
