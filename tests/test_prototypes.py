@@ -43,11 +43,9 @@ def test_prototypes_move_a_misplaced_boundary_onto_the_feature_edge():
 
 
 def test_prototypes_leave_single_label_patches_and_zero_iterations_to_the_maps():
-    scores = _misplaced()
-    torch.testing.assert_close(prototype_scores(_halves(), scores, np.array([0, 1, 0])),
-                               cam.restrict_to_labels(scores, np.array([0, 1, 0])))
-    torch.testing.assert_close(prototype_scores(_halves(), scores, np.array([1, 1, 0]), iters=0),
-                               cam.restrict_to_labels(scores, np.array([1, 1, 0])))
+    for labels, iters in (([0, 1, 0], 3), ([1, 1, 0], 0)):
+        scores = cam.restrict_to_labels(_misplaced(), np.array(labels))
+        torch.testing.assert_close(prototype_scores(_halves(), scores, np.array(labels), iters), scores)
 
 
 class ShiftedModel(torch.nn.Module):

@@ -32,7 +32,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -43,15 +42,15 @@ from tqdm.auto import tqdm
 
 from ..data import RegionCache, crop, label_columns
 from ..schemes import IGNORE, ClassScheme
+from .prototypes import patch_features, prototype_scores
 from .source import PseudoMaskSource
+from .tta import FLIPS, TTAS, Normalize, Tta, augment, model_device, restore, to_input
 
 DEFAULT_WEIGHTS: tuple[float, ...] | None = None
 """Fusion weights of the class maps, shallow to deep; None: equal. On the bench's 256 px patches
 (EfficientNet-Lite0 levels 2, 3, 4) equal weights gave pseudo-masks of 0.792 mIoU, TPRO's
 0.3/0.3/0.4 0.791, MLPS's 0.2/0.2/0.6 0.778, the deepest maps alone 0.719."""
 
-
-Normalize = tuple[Sequence[float], Sequence[float]]
 
 
 def _tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -165,41 +164,6 @@ def white_pixels(rgb: np.ndarray, threshold: int = 200, min_size: int = 64) -> n
     return keep[comp]
 
 
-def to_input(images: np.ndarray, normalize: Normalize) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(normalize[0], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(normalize[1], dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-"""Flip test-time augmentation: the identity and the three flips."""
-
-Tta = Literal["none", "flip", "d4"]
-TTAS: dict[str, tuple[tuple[int, tuple[int, ...]], ...]] = {
-    "none": ((0, ()),),
-    "flip": tuple((0, f) for f in FLIPS),
-    "d4": tuple((k, f) for k in (0, 1) for f in FLIPS),
-}
-"""Test-time augmentations as ``(quarter turns, flipped dims)``: none, the 4 flips, the 8 of the dihedral group."""
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    """Where the model's weights are (the CPU for a model without any)."""
-    return next(model.parameters(), torch.empty(0)).device
-
-
-def _forward(x: torch.Tensor, turns: int, dims: tuple[int, ...]) -> torch.Tensor:
-    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
-    return x.flip(dims) if dims else x
-
-
-def _inverse(x: torch.Tensor, turns: int, dims: tuple[int, ...]) -> torch.Tensor:
-    x = x.flip(dims) if dims else x
-    return torch.rot90(x, -turns, dims=(-2, -1)) if turns else x
-
-
 @torch.no_grad()
 def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
                weights: Sequence[float] | None = DEFAULT_WEIGHTS, tta: Tta = "flip", margin: int = 0) -> torch.Tensor:
@@ -212,11 +176,11 @@ def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
     patch, fused with ``weights``, and normalised again.
     """
     model.eval()
-    x = to_input(images, normalize).to(_device(model))
+    x = to_input(images, normalize).to(model_device(model))
     depths: list[torch.Tensor] | None = None
     for turns, dims in TTAS[tta]:
-        xt = _forward(x, turns, dims)
-        up = [_inverse(F.interpolate(m.float(), size=tuple(xt.shape[-2:]), mode="bilinear", align_corners=False),
+        xt = augment(x, turns, dims)
+        up = [restore(F.interpolate(m.float(), size=tuple(xt.shape[-2:]), mode="bilinear", align_corners=False),
                        turns, dims) for m in model.forward_maps(xt)]
         depths = up if depths is None else [a + b for a, b in zip(depths, up)]
     h, w = x.shape[-2] - 2 * margin, x.shape[-1] - 2 * margin
@@ -258,8 +222,6 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
 
     ``images`` ``(N, H + 2 margin, W + 2 margin, 3)``: the patches with ``margin`` px of context.
     """
-    from .prototypes import patch_features, prototype_scores
-
     images, labels = np.asarray(images), np.asarray(labels)
     h, w = images.shape[1] - 2 * margin, images.shape[2] - 2 * margin
     out = np.empty((len(images), h, w), np.uint8)
@@ -346,7 +308,7 @@ def patch_labels(model: torch.nn.Module, rgb: np.ndarray, size: int, normalize: 
     h, w = rgb.shape[:2]
     corners = np.array([(x, y) for y in range(0, h, size) for x in range(0, w, size)], np.int64)
     patches = np.stack([crop(rgb, x, y, size, size, fill=255) for x, y in corners])
-    x = to_input(patches, normalize).to(_device(model))
+    x = to_input(patches, normalize).to(model_device(model))
     flips = FLIPS if tta else FLIPS[:1]
     model.eval()
     probs = (sum(torch.sigmoid(model(x.flip(d) if d else x)) for d in flips) / len(flips)).cpu()

@@ -20,29 +20,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cam
+from .tta import TTAS, Normalize, Tta, augment, model_device, restore, to_input
 
 
 @torch.no_grad()
-def patch_features(model: torch.nn.Module, images: np.ndarray, normalize: cam.Normalize,
-                   tta: cam.Tta = "flip", margin: int = 0) -> torch.Tensor:
+def patch_features(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
+                   tta: Tta = "flip", margin: int = 0) -> torch.Tensor:
     """``(N, C, h, w)`` features of uint8 patches ``(N, H + 2 margin, W + 2 margin, 3)``.
 
     Every depth of ``model.forward_features`` is L2-normalised over its channels, resized to
-    the shallowest depth's grid, concatenated, averaged over ``tta`` (:data:`~.cam.TTAS`) and
+    the shallowest depth's grid, concatenated, averaged over ``tta`` (:data:`~.tta.TTAS`) and
     cropped by ``margin`` (scaled to that grid).
     """
     model.eval()
-    x = cam.to_input(images, normalize).to(cam._device(model))
+    x = to_input(images, normalize).to(model_device(model))
     total: torch.Tensor | None = None
-    for turns, dims in cam.TTAS[tta]:
-        levels = model.forward_features(cam._forward(x, turns, dims))
+    for turns, dims in TTAS[tta]:
+        levels = model.forward_features(augment(x, turns, dims))
         size = tuple(levels[0].shape[-2:])
         cat = torch.cat([F.normalize(F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False), dim=1)
                          for f in levels], dim=1)
-        cat = cam._inverse(cat, turns, dims)
+        cat = restore(cat, turns, dims)
         total = cat if total is None else total + cat
-    feats = total / len(cam.TTAS[tta])
+    feats = total / len(TTAS[tta])
     if margin:
         scale = feats.shape[-1] / x.shape[-1]
         m = int(round(margin * scale))
@@ -55,16 +55,16 @@ def prototype_scores(features: torch.Tensor, scores: np.ndarray | torch.Tensor, 
     """``(K, H, W)`` scores in [0, 1] of a patch's labelled classes by similarity to its own class prototypes.
 
     ``features`` ``(C, h, w)`` (:func:`patch_features`), ``scores`` ``(K, H, W)`` the class
-    maps (seeds: the best labelled class at every feature pixel), ``labels`` ``(K,)``
-    multi-hot. The score of a labelled class is ``(1 + cos) / 2`` to its prototype, bilinearly
-    resized to ``(H, W)``; absent classes score 0. A patch with fewer than two labels, or
-    ``iters`` 0, returns ``scores`` restricted to the labels.
+    maps restricted to the labels (:func:`~.cam.restrict_to_labels`; seeds: the best labelled
+    class at every feature pixel), ``labels`` ``(K,)`` multi-hot. The score of a labelled class
+    is ``(1 + cos) / 2`` to its prototype, bilinearly resized to ``(H, W)``; absent classes
+    score 0. A patch with fewer than two labels, or ``iters`` 0, returns ``scores`` as given.
     """
-    scores = cam.restrict_to_labels(scores, labels)
-    classes = torch.from_numpy(np.flatnonzero(cam._tensor(labels).reshape(-1).numpy() > 0))
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    classes = torch.from_numpy(np.flatnonzero(np.asarray(labels).reshape(-1) > 0))
     if classes.numel() < 2 or iters < 1:
         return scores
-    f = F.normalize(cam._tensor(features), dim=0)
+    f = F.normalize(torch.as_tensor(features, dtype=torch.float32), dim=0)
     small = F.interpolate(scores[None], size=tuple(f.shape[-2:]), mode="bilinear", align_corners=False)[0]
     seeds = small[classes].argmax(dim=0)
     for _ in range(iters):
