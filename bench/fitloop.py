@@ -148,6 +148,47 @@ def _rot_flip(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]
     return [a[:, ::-1] for a in out] if flip else out
 
 
+def _start(rng: np.random.Generator, start: int, patch: int, size: int, extent: int) -> int:
+    """A random start of a ``size`` window inside ``[start, start + patch)`` clipped to ``[0, extent)``."""
+    lo, hi = max(start, 0), min(start + patch, extent) - size
+    return int(rng.integers(lo, hi + 1)) if hi >= lo else min(max(hi, 0), extent - size)
+
+
+def patch_crops(
+    regions: Sequence[tuple[np.ndarray, np.ndarray]],
+    corners: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    patch: int,
+    size: int,
+    batch: int,
+    seed: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless batches of random ``size`` px crops of labelled ``patch`` px patches drawn class-balanced.
+
+    ``corners[r]`` ``(N, 2)`` and multi-hot ``labels[r]`` ``(N, K)`` are region ``r``'s patches;
+    a patch is drawn with weight ``sum_c label_c / (patches labelled c)`` (as ``data.balanced``
+    samples a manifest by its labels), then a crop inside it (clipped to the region) gets a
+    random flip and 90-degree rotation, image and target alike. Deterministic with ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    where = [(r, int(x), int(y)) for r, xy in enumerate(corners) for x, y in xy]
+    lab = np.concatenate(labels).astype(np.float64)
+    counts = lab.sum(axis=0)
+    p = (lab[:, counts > 0] / counts[counts > 0]).sum(axis=1)
+    p = p / p.sum()
+    while True:
+        imgs, tgts = [], []
+        for i in rng.choice(len(where), size=batch, p=p):
+            r, x0, y0 = where[i]
+            rgb, tgt = regions[r]
+            x = _start(rng, x0, patch, size, rgb.shape[1])
+            y = _start(rng, y0, patch, size, rgb.shape[0])
+            img, t = _rot_flip(rng, rgb[y : y + size, x : x + size], tgt[y : y + size, x : x + size])
+            imgs.append(img)
+            tgts.append(t)
+        yield np.stack(imgs), np.stack(tgts)
+
+
 def patch_batches(
     patches: np.ndarray, labels: np.ndarray, batch: int, seed: int, balanced: bool = False
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

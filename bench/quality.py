@@ -41,7 +41,8 @@ from tissueseg.weak import labelgrid
 from tissueseg.weak.pseudomask import pseudo_mask
 
 from fitloop import (  # bench/fitloop.py
-    concat_batches, crops, decode, encode, fit, grid_loss, labelset_loss, mosaic_batches, patch_batches, predict_probs,
+    concat_batches, crops, decode, encode, fit, grid_loss, labelset_loss, mosaic_batches, patch_batches, patch_crops,
+    predict_probs, to_input,
 )
 from tissueseg.data import crop
 from tissueseg.losses import multilabel
@@ -130,18 +131,20 @@ model's label-restricted predictions on the real patches). Options:
   beats the second by less than ``--margin`` ignored, ``ctx`` the classifier sees
   ``--context`` px around each patch, ``nocamtta`` CAMs without flip averaging, ``ipp`` the maps of
   mixed patches redrawn by image-specific prototypes (``--prototypes`` iterations);
-- stage 2: ``mosaic`` batches partly mosaics of single-label patches (``--mosaic-mix``), ``pmosaic``
+- stage 2: ``bal2`` crops of labelled patches drawn class-balanced by their labels (as ``data.balanced``;
+  else crops anywhere, uniformly), ``mosaic`` batches partly mosaics of single-label patches (``--mosaic-mix``), ``pmosaic``
   mosaics also from one-class windows of the pseudo-masks, ``r2`` two rounds (the second on the first's
   label-restricted predictions), ``init`` the segmenter's encoder starts from the stage-1 classifier's, ``eq`` shortened by the classifier's steps (equal samples), ``set``
   the loss adds to the cross-entropy on the pseudo-masks the label-set loss of every pixel's patch labels
   (``-log sum_{k in L} p_k``, which is never wrong: it trains the pixels ``margin`` ignores), ``wce``
   the cross-entropy weighted by median frequency over the pseudo-masks' pixels;
-- prediction: ``gate`` class gate of the classifier per patch, ``notta`` no flip TTA, ``stage1`` the
+- prediction: ``gate`` class gate of the classifier per patch, ``lgate`` the segmenter's probabilities
+  times the classifier's local presence of each class (``--gate-window`` px around each pixel), ``notta`` no flip TTA, ``stage1`` the
   classifier's own gated CAMs (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
-STAGE2_OPTS = ("bal", "ipp", "init", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set", "wce")
-PREDICT_OPTS = ("gate", "notta", "stage1")
+STAGE2_OPTS = ("bal", "bal2", "ipp", "init", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set", "wce")
+PREDICT_OPTS = ("gate", "lgate", "notta", "stage1")
 
 
 def parse(method: str) -> tuple[str, int | None, frozenset[str]]:
@@ -298,7 +301,8 @@ class PatchLabelRun:
                 if n_mosaic < a.batch:
                     targets = pm if "set" not in key else [(rgb, with_label_sets(m, xy, size, lab))
                                                            for (rgb, m), xy, lab in zip(pm, corners, labels)]
-                    streams.append(crops(targets, a.crop, a.batch - n_mosaic, a.seed + r))
+                    streams.append(patch_crops(targets, corners, labels, size, a.crop, a.batch - n_mosaic, a.seed + r)
+                                   if "bal2" in key else crops(targets, a.crop, a.batch - n_mosaic, a.seed + r))
                 if n_mosaic:
                     sources = self.mosaics(size, pm if "pmosaic" in key else None, a.seed + r)
                     streams.append(mosaic_batches(sources, n_mosaic))
@@ -321,6 +325,11 @@ class PatchLabelRun:
                                                          prototypes=self.args.prototypes if "ipp" in opts else 0))
         model, _, _ = self.segmenter(base, size, opts)
         probs = predict_probs(model, rgb, self.norm, tta="notta" not in opts)
+        if "lgate" in opts:
+            classifier = self.classifier(size, "bal" in opts)[0]
+            with torch.no_grad():
+                local = classifier.eval().local_logits(to_input(rgb[None], *self.norm), self.args.gate_window)[0]
+            probs = probs * torch.sigmoid(local)
         if "gate" in opts:
             return cam.gated_argmax(probs, cam.patch_gates(self.classifier(size, "bal" in opts)[0], rgb, size, self.norm, self.args.gate))
         return probs.argmax(0).numpy().astype(np.uint8)
@@ -330,7 +339,7 @@ class PatchLabelRun:
         if "stage1" in opts:
             return {}, self.classifier(size, "bal" in opts)[1]
         _, pm_sc, cost = self.segmenter(base, size, opts)
-        if "gate" in opts and base in ("mosaic", "pisto"):
+        if opts & {"gate", "lgate"} and base in ("mosaic", "pisto"):
             cost = cost + self.classifier(size, "bal" in opts)[1]
         return pm_sc, cost
 
@@ -399,7 +408,7 @@ def run(args: argparse.Namespace) -> dict:
             "steps": args.steps, "batch": args.batch, "cls_steps": args.cls_steps, "cls_stride": args.cls_stride,
             "crop": args.crop, "budget_samples": args.steps * args.batch, "train_regions": args.train_regions,
             "test_regions": args.test_regions, "region_size": args.region_size, "weights": args.weights,
-            "gate": args.gate, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
+            "gate": args.gate, "gate_window": args.gate_window, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
             "gf_eps": args.gf_eps, "layouts": layouts, "data_s": data_s, "methods": results}
 
 
@@ -443,6 +452,7 @@ def main() -> None:
     p.add_argument("--cls-steps", type=int, default=150, help="stage-1 classifier steps (patch-label methods)")
     p.add_argument("--cls-stride", type=int, default=16, choices=[8, 16, 32], help="classifier output stride")
     p.add_argument("--gate", type=float, default=0.5, help="class gate threshold (+gate, +stage1)")
+    p.add_argument("--gate-window", type=int, default=128, help="window of the local class presence (+lgate)")
     p.add_argument("--tile", type=int, default=32, help="mosaic tile side (px)")
     p.add_argument("--mosaic-mix", type=float, default=0.5, help="share of mosaics in stage-2 batches (+mosaic)")
     p.add_argument("--min-score", type=float, default=0.2, help="CAM score under which pixels are ignored (+min)")

@@ -7,10 +7,10 @@ training patches (``tissueseg train configs/weak.yaml --manifest <tile --layout 
 ``<out>/classifier/last.pt``), this makes the CAM pseudo-mask of every A0SK patch from its
 ``[abcd]`` flags, puts them back on the grid and scores them (``bcss-wsss4``, every other code
 ignored) beside the label grid's pseudo-masks from the same labels; with ``--segmenter``, also
-the stage-2 model's prediction of the region (flip-averaged), alone and restricted to each
-patch's labels. Prints a table.
+the stage-2 model's prediction of the region (flip-averaged), alone, restricted to each
+patch's labels, and with the classifier's local gate (as ``cam.local_gate`` applies it). Prints a table.
 
-Run: python bench/real_pseudo_masks.py CLASSIFIER.pt [--tta flip] [--refine 0] [--prototypes 3] [--segmenter LAST.pt]
+Run: python bench/real_pseudo_masks.py CLASSIFIER.pt [--tta flip] [--refine 0] [--prototypes 3] [--segmenter LAST.pt] [--gate-window 128]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from fitloop import predict_probs  # bench/fitloop.py
+from fitloop import predict_probs, to_input  # bench/fitloop.py
 from tissueseg import io
 from tissueseg.checkpoint import load_predictor
 from tissueseg.metrics import confusion_matrix, scores
@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--prototypes", type=int, default=3, help="iterations of image-specific prototypes (0: none)")
     p.add_argument("--segmenter", type=Path, help="a stage-2 checkpoint (<out>/last.pt): rows for its prediction "
                                                    "of the region, alone and restricted to the patch labels")
+    p.add_argument("--gate-window", type=int, default=128, help="window of the local gate row (px)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,6 +85,10 @@ def main() -> None:
         probs = predict_probs(seg.model, rgb, (seg.preprocessing.mean, seg.preprocessing.std))
         rows["stage 2 alone"] = probs.argmax(0).numpy().astype(np.uint8)
         rows["stage 2 restricted to the labels"] = cam.restrict_region(probs, corners, PATCH, labels)
+        with torch.no_grad():
+            local = classifier.model.local_logits(to_input(rgb[None], prep.mean, prep.std), args.gate_window)[0]
+        rows[f"stage 2 with the local gate ({args.gate_window} px)"] = (
+            (probs * torch.sigmoid(local)).argmax(0).numpy().astype(np.uint8))
     names = bcss_wsss4().names
     print("| pseudo-masks from 224 px patch labels | " + " | ".join(names) + " | mean TUM/STR/NEC | coverage |")
     print("|---" * (len(names) + 3) + "|")

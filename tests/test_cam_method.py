@@ -76,6 +76,7 @@ def test_cam_beats_sigmoid_max_from_the_labels_of_the_same_patches(data, tmp_pat
                 quiet=True)
     mil = train(_config(root / "patches", tmp_path / "mil", "mil", STAGE1 + STAGE2, loss={"name": "sigmoid-max"},
                         model={"arch": "fcn"}), quiet=True)
+    assert load_predictor(cam.best).inference.gate_window == 128  # the local gate is on by default
     cam_miou, baseline = _miou(cam.best, held), _miou(mil.best, held)
     print(f"cam {cam_miou:.3f}, sigmoid-max {baseline:.3f}")
     assert cam_miou > baseline + 0.1, (cam_miou, baseline)
@@ -96,7 +97,8 @@ def test_cam_trains_stage_one_then_learns_from_its_pseudo_masks_without_reading_
     monkeypatch.setattr(encoders, "init_encoder", lambda model, classifier: starts.append(
         {k: v.clone() for k, v in classifier.encoder.state_dict().items()}))
     cfg = _config(root / "patches", tmp_path / "w", "cam", 2, model={"weights": "none"},
-                  cam={"classifier_steps": 2, "gate": 0.3, "tta": "none", "flip_tta": True, "init_encoder": True})
+                  cam={"classifier_steps": 2, "gate": 0.3, "local_gate": None, "tta": "none", "flip_tta": True,
+                       "init_encoder": True})
     result = train(cfg, quiet=True)
     stage1 = read_checkpoint(tmp_path / "w" / CLASSIFIER_DIR / "last.pt")
     assert stage1["config"]["model"]["arch"] == "classifier" and stage1["state"]["step"] == 2
@@ -111,7 +113,8 @@ def test_cam_trains_stage_one_then_learns_from_its_pseudo_masks_without_reading_
             window = mask[row["y"] : row["y"] + PATCH, row["x"] : row["x"] + PATCH]
             assert set(np.unique(window)) <= allowed
     p = load_predictor(result.best)
-    assert p.inference.flip_tta and p.inference.gate_threshold == 0.3 and p.gate is not None
+    assert p.inference.flip_tta and p.inference.gate_threshold == 0.3 and p.inference.gate_window is None
+    assert p.gate is not None
     probs = p.probabilities(p.preprocess(torch.from_numpy(data[2][0][0][None, :64, :64])))
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 64, 64))
 
@@ -129,6 +132,14 @@ def test_stage_one_config_ignores_the_pseudo_mask_and_prediction_options(tmp_pat
         return classifier_config(SimpleNamespace(cfg=_config(tmp_path / "m", tmp_path / "o", "cam", 5, cam=cam))).to_dict()
 
     base = stage1(classifier_steps=3)
-    assert base == stage1(classifier_steps=3, prototypes=0, tta="d4", gate=0.4, refine_radius=4, flip_tta=True)
+    assert base == stage1(classifier_steps=3, prototypes=0, tta="d4", gate=0.4, local_gate=None, refine_radius=4,
+                          flip_tta=True)
+    assert base == stage1(classifier_steps=3, local_gate=64)
     assert base["run"]["steps"] == 3 and base["model"]["arch"] == "classifier"
     assert base != stage1(classifier_steps=4) and base != stage1(classifier_steps=3, balanced=False)
+
+
+def test_one_kind_of_class_gate_at_a_time(tmp_path):
+    with pytest.raises(ValueError, match="cam.gate and cam.local_gate"):
+        _config(tmp_path / "m", tmp_path / "o", "cam", 5, cam={"gate": 0.4})
+    assert _config(tmp_path / "m", tmp_path / "o", "cam", 5, cam={"gate": 0.4, "local_gate": None}).cam.gate == 0.4

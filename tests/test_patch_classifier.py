@@ -26,6 +26,26 @@ def test_class_maps_at_every_depth_and_gap_logits(output_stride, reductions):
     torch.testing.assert_close(logits, per_depth.mean(dim=1))
 
 
+def test_local_logits_of_a_window_larger_than_the_input_are_the_logits():
+    model = build_classifier("tf_efficientnet_lite0", 4, weights="none").eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        local, logits = model.local_logits(x, window=256), model(x)
+    assert local.shape == (2, 4, 64, 96)
+    torch.testing.assert_close(local, logits[:, :, None, None].expand_as(local))
+
+
+def test_local_logits_average_the_class_maps_of_the_window_around_each_pixel():
+    model = build_classifier("tf_efficientnet_lite0", 3, weights="none").eval()
+    model.forward_maps = lambda x: [F.avg_pool2d(x, 8), F.avg_pool2d(x, 16)]  # class maps = the image's channels
+    x = torch.zeros(1, 3, 64, 128)
+    x[:, 0, :, :64] = 1.0  # class 0 on the left half only
+    local = model.local_logits(x, window=32)
+    assert float(local[0, 0, 32, :40].min()) > 0.99 and float(local[0, 0, 32, 88:].max()) < 0.01
+    assert 0.3 < float(local[0, 0, 32, 64]) < 0.7  # on the edge: half the window
+    assert float(local[0, 1:].abs().max()) == 0.0
+
+
 def test_imagenet_weights_are_the_shipped_ones():
     model = build_classifier("tf_efficientnet_lite0", 3, weights="imagenet", depths=(1, 3))
     shipped = encoders.shipped_state_dict("tf_efficientnet_lite0")

@@ -55,12 +55,16 @@ class Preprocessing:
 class Inference:
     """What prediction adds to the model's logits: flip test-time augmentation (the mean of the
     softmax over the identity and the horizontal and vertical flips) and a class gate (a
-    patch classifier's state dict and config: a class whose probability in a window is below
-    ``gate_threshold`` is not predicted there)."""
+    patch classifier's state dict and config). With ``gate_window`` None a class whose
+    probability in a window is below ``gate_threshold`` is not predicted there; with
+    ``gate_window`` px every class's probability is multiplied by the classifier's that the
+    class is in the ``gate_window`` px around the pixel (the *local gate*,
+    :meth:`~tissueseg.models.classifier.PatchClassifier.local_logits`)."""
 
     flip_tta: bool = False
     gate: dict[str, Any] | None = field(default=None, repr=False)
     gate_threshold: float = 0.5
+    gate_window: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +108,8 @@ class Predictor:
 
         gate = weights_hash(self.gate) if self.gate is not None else None
         return key(weights_hash(self.model), self.scheme.to_dict(), self.preprocessing.to_dict(),
-                   self.inference.flip_tta, gate, self.inference.gate_threshold if gate else None)
+                   self.inference.flip_tta, gate, self.inference.gate_threshold if gate else None,
+                   self.inference.gate_window if gate else None)
 
     def to(self, device: str | torch.device) -> Predictor:
         """Move the model (and the gate) to ``device``; returns self."""
@@ -139,7 +144,10 @@ class Predictor:
             for dims in ((-1,), (-2,)):
                 probs += torch.softmax(self.model(x.flip(dims)).float(), dim=1).flip(dims)
             probs /= 3
-        if self.gate is not None:
+        if self.gate is not None and self.inference.gate_window is not None:
+            probs = probs * torch.sigmoid(self.gate.local_logits(x, self.inference.gate_window).float())
+            probs /= probs.sum(1, keepdim=True).clamp_min(1e-12)
+        elif self.gate is not None:
             present = torch.sigmoid(self.gate(x).float()) >= self.inference.gate_threshold  # (N, K)
             present |= ~present.any(1, keepdim=True)  # a window the gate calls empty keeps every class
             probs = probs * present[:, :, None, None]

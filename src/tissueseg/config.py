@@ -66,6 +66,15 @@ class CamConfig(_Section):
                                               "cost for about +0.01 mIoU on the bench)")
     gate: float | None = Field(None, gt=0, lt=1, description="class gate at prediction: a class the classifier "
                                                              "gives less than this in a window is not predicted")
+    local_gate: int | None = Field(128, gt=0, description="prediction multiplies every class's probability by the "
+                                                          "classifier's that the class is in the px square around "
+                                                          "the pixel (one classifier pass per window); null = off")
+
+    @model_validator(mode="after")
+    def _one_gate(self) -> CamConfig:
+        if self.gate is not None and self.local_gate is not None:
+            raise ValueError("cam.gate and cam.local_gate are two kinds of class gate: set one, the other null")
+        return self
 
 
 class DataConfig(_Section):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import encoders
@@ -34,7 +35,8 @@ def gap_logits(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 class PatchClassifier(nn.Module):
     """``forward_maps(x)`` -> class maps per depth (shallow to deep); ``forward(x)`` -> ``(N, K)`` logits;
-    ``forward_features(x)`` -> the encoder features the maps are made from.
+    ``forward_features(x)`` -> the encoder features the maps are made from; ``local_logits(x, window)``
+    -> ``(N, K, H, W)`` logits of the ``window`` px around every pixel.
 
     ``forward``'s logits are the mean over depths of :func:`gap_logits` (what a class gate
     thresholds after a sigmoid).
@@ -57,6 +59,22 @@ class PatchClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gap_logits(self.forward_maps(x)).mean(dim=1)
+
+    def local_logits(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """``(N, K, H, W)``: at every pixel, the logits of the ``window`` px square around it.
+
+        :meth:`forward` averages each class map over the whole input; here the average is
+        over a ``window`` px neighbourhood (near the borders: over its part inside), as if
+        the classifier had seen a ``window`` px patch centred on every pixel, in one pass.
+        """
+        h, w = x.shape[-2:]
+        maps = self.forward_maps(x)
+        total = torch.zeros((), device=x.device)
+        for m in maps:
+            k = max(1, round(window * m.shape[-1] / w)) | 1  # odd: centred on the pixel
+            m = F.avg_pool2d(m.float(), k, stride=1, padding=k // 2, count_include_pad=False)
+            total = total + F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+        return total / len(maps)
 
 
 def build_classifier(

@@ -110,8 +110,10 @@ class Cam(Supervision):
 
     def inference(self) -> Inference:
         cam = self.ctx.cfg.cam
-        if cam.gate is None:
+        if cam.gate is None and cam.local_gate is None:
             return Inference(flip_tta=cam.flip_tta)
         stage1 = read_checkpoint(self.classifier_path)
-        return Inference(flip_tta=cam.flip_tta, gate={"model": stage1["model"], "config": stage1["config"]},
-                         gate_threshold=cam.gate)
+        gate = {"model": stage1["model"], "config": stage1["config"]}
+        if cam.local_gate is not None:
+            return Inference(flip_tta=cam.flip_tta, gate=gate, gate_window=cam.local_gate)
+        return Inference(flip_tta=cam.flip_tta, gate=gate, gate_threshold=cam.gate)
