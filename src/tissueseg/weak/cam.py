@@ -52,7 +52,6 @@ DEFAULT_WEIGHTS: tuple[float, ...] | None = None
 0.3/0.3/0.4 0.791, MLPS's 0.2/0.2/0.6 0.778, the deepest maps alone 0.719."""
 
 
-
 def _tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
     return a.float() if isinstance(a, torch.Tensor) else torch.tensor(np.asarray(a), dtype=torch.float32)
 
