@@ -148,6 +148,15 @@ def _rot_flip(rng: np.random.Generator, *arrays: np.ndarray) -> list[np.ndarray]
     return [a[:, ::-1] for a in out] if flip else out
 
 
+def _balanced(labels: np.ndarray) -> np.ndarray:
+    """Draw probabilities of patches with multi-hot ``labels`` ``(M, K)``: ``sum_c label_c / (patches labelled c)``,
+    normalised, so that every class gets about the same share of draws."""
+    labels = labels.astype(np.float64)
+    counts = labels.sum(axis=0)
+    p = (labels[:, counts > 0] / counts[counts > 0]).sum(axis=1)
+    return p / p.sum()
+
+
 def _start(rng: np.random.Generator, start: int, patch: int, size: int, extent: int) -> int:
     """A random start of a ``size`` window inside ``[start, start + patch)`` clipped to ``[0, extent)``."""
     lo, hi = max(start, 0), min(start + patch, extent) - size
@@ -172,10 +181,7 @@ def patch_crops(
     """
     rng = np.random.default_rng(seed)
     where = [(r, int(x), int(y)) for r, xy in enumerate(corners) for x, y in xy]
-    lab = np.concatenate(labels).astype(np.float64)
-    counts = lab.sum(axis=0)
-    p = (lab[:, counts > 0] / counts[counts > 0]).sum(axis=1)
-    p = p / p.sum()
+    p = _balanced(np.concatenate(labels))
     while True:
         imgs, tgts = [], []
         for i in rng.choice(len(where), size=batch, p=p):
@@ -200,11 +206,7 @@ def patch_batches(
     share of draws (as ``data.balanced_weights`` in weak mode); else uniformly. Deterministic with ``seed``.
     """
     rng = np.random.default_rng(seed)
-    p = None
-    if balanced:
-        counts = labels.sum(axis=0)
-        p = (labels[:, counts > 0] / counts[counts > 0]).sum(axis=1)
-        p = p / p.sum()
+    p = _balanced(labels) if balanced else None
     while True:
         idx = rng.choice(len(patches), size=batch, p=p) if balanced else rng.integers(len(patches), size=batch)
         yield np.stack([_rot_flip(rng, patches[i])[0] for i in idx]), labels[idx].astype(np.float32)

@@ -144,15 +144,19 @@ class Predictor:
             for dims in ((-1,), (-2,)):
                 probs += torch.softmax(self.model(x.flip(dims)).float(), dim=1).flip(dims)
             probs /= 3
-        if self.gate is not None and self.inference.gate_window is not None:
-            probs = probs * torch.sigmoid(self.gate.local_logits(x, self.inference.gate_window).float())
-            probs /= probs.sum(1, keepdim=True).clamp_min(1e-12)
-        elif self.gate is not None:
-            present = torch.sigmoid(self.gate(x).float()) >= self.inference.gate_threshold  # (N, K)
-            present |= ~present.any(1, keepdim=True)  # a window the gate calls empty keeps every class
-            probs = probs * present[:, :, None, None]
+        if self.gate is not None:
+            probs = probs * self._gate_weights(x)
             probs /= probs.sum(1, keepdim=True).clamp_min(1e-12)
         return probs
+
+    def _gate_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """What the class gate multiplies the probabilities by: the local gate's ``(N, K, H, W)``
+        probabilities, or the window gate's ``(N, K, 1, 1)`` 0/1 (a window it calls empty keeps every class)."""
+        if self.inference.gate_window is not None:
+            return torch.sigmoid(self.gate.local_logits(x, self.inference.gate_window).float())
+        present = torch.sigmoid(self.gate(x).float()) >= self.inference.gate_threshold  # (N, K)
+        present |= ~present.any(1, keepdim=True)
+        return present[:, :, None, None].float()
 
 
 def model_args(config: dict, scheme: ClassScheme) -> tuple[ModelConfig, int, int | None]:
