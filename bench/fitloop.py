@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from tissueseg.weak import tta
 from tissueseg.weak.mosaic import MosaicDataset
 
 MAX_CLASSES = 62
@@ -101,12 +102,9 @@ def grid_loss(cell: int, presence: float = 0.5, k: float = 0.1) -> Callable:
     return loss
 
 
-def to_input(rgb: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)`` (channels_last)."""
-    x = torch.as_tensor(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+def to_input(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)`` (:func:`tissueseg.weak.tta.to_input`, channels_last)."""
+    return tta.to_input(rgb, (mean, std)).contiguous(memory_format=torch.channels_last)
 
 
 def crops(

@@ -44,6 +44,7 @@ VARIANTS: dict[str, cam.CamOptions] = {
     "min score 0.3": cam.CamOptions(min_score=0.3),
     "margin 0.1": cam.CamOptions(margin=0.1),
     "margin 0.2": cam.CamOptions(margin=0.2),
+    "prototypes 3 (configs/weak.yaml)": cam.CamOptions(prototypes=3),
 }
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tissueseg.weak import cam
-from tissueseg.weak.prototypes import patch_features, prototype_scores
+from tissueseg.weak.prototypes import prototype_scores
 
 torch.set_num_threads(1)
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -55,8 +55,11 @@ class ShiftedModel(torch.nn.Module):
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [F.avg_pool2d(x, 4)]
 
+    def class_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [torch.roll(f, shifts=2, dims=-1) for f in features]
+
     def forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.roll(F.avg_pool2d(x, 4), shifts=2, dims=-1)]
+        return self.class_maps(self.forward_features(x))
 
 
 def _two_halves(h: int = 64, w: int = 64) -> np.ndarray:
@@ -67,14 +70,17 @@ def _two_halves(h: int = 64, w: int = 64) -> np.ndarray:
     return rgb
 
 
-def test_patch_features_average_the_flips_and_keep_the_grid():
+def test_features_average_the_flips_keep_the_grid_and_come_with_the_same_maps_as_patch_cams():
     rgb = _two_halves()[None]
-    feats = patch_features(ShiftedModel(), rgb, IDENTITY, tta="flip")
+    maps, feats = cam.patch_cams_and_features(ShiftedModel(), rgb, IDENTITY, tta="flip")
     assert feats.shape == (1, 3, 16, 16)
     torch.testing.assert_close(feats[0, 0, :, :8], torch.ones(16, 8))  # red, normalised per pixel
     torch.testing.assert_close(feats[0, 1, :, 8:], torch.ones(16, 8))
-    margin = patch_features(ShiftedModel(), np.pad(rgb, ((0, 0), (8, 8), (8, 8), (0, 0))), IDENTITY, "none", margin=8)
-    assert margin.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(maps, cam.patch_cams(ShiftedModel(), rgb, IDENTITY, tta="flip"), rtol=0, atol=0)
+    padded = np.pad(rgb, ((0, 0), (8, 8), (8, 8), (0, 0)))
+    maps, feats = cam.patch_cams_and_features(ShiftedModel(), padded, IDENTITY, tta="none", margin=8)
+    assert feats.shape == (1, 3, 16, 16) and maps.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(maps, cam.patch_cams(ShiftedModel(), padded, IDENTITY, tta="none", margin=8), rtol=0, atol=0)
 
 
 def test_pseudo_masks_with_prototypes_follow_the_features_not_the_shifted_maps():

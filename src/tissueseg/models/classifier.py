@@ -35,7 +35,8 @@ def gap_logits(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 class PatchClassifier(nn.Module):
     """``forward_maps(x)`` -> class maps per depth (shallow to deep); ``forward(x)`` -> ``(N, K)`` logits;
-    ``forward_features(x)`` -> the encoder features the maps are made from; ``local_logits(x, window)``
+    ``forward_features(x)`` -> the encoder features the maps are made from (``class_maps`` turns them
+    into the maps, so that one encoder pass gives both); ``local_logits(x, window)``
     -> ``(N, K, H, W)`` logits of the ``window`` px around every pixel.
 
     ``forward``'s logits are the mean over depths of :func:`gap_logits` (what a class gate
@@ -53,9 +54,13 @@ class PatchClassifier(nn.Module):
         """``(N, C_d, H / r_d, W / r_d)`` encoder features of every depth ``d`` (what its class-map head reads)."""
         return self.encoder(x)
 
+    def class_maps(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The class maps of every depth from its :meth:`forward_features`."""
+        return [head(f) for head, f in zip(self.heads, features)]
+
     def forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(N, K, H / r_d, W / r_d)`` class scores for every depth ``d`` (``r_d`` its reduction)."""
-        return [head(f) for head, f in zip(self.heads, self.forward_features(x))]
+        return self.class_maps(self.forward_features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gap_logits(self.forward_maps(x)).mean(dim=1)

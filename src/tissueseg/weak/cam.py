@@ -17,7 +17,8 @@ label map per patch, which trains an ordinary segmenter with the cross-entropy (
    labelled whole, an unlabelled one ignored; pixels passed as ``ignore`` (e.g.
    :func:`white_pixels`, glass, when the scheme has no background class) are ignored.
 
-:func:`patch_cams` and :func:`patch_pseudo_masks` run a classifier over batches of patches
+:func:`patch_cams` (and :func:`patch_cams_and_features`, with the prototypes' features from the
+same encoder passes) and :func:`patch_pseudo_masks` run a classifier over batches of patches
 (with flip or dihedral test-time augmentation), :class:`CamPseudoMasks` over every labelled patch of a
 manifest or folder table, as a ``label_source`` of :class:`~tissueseg.data.PatchDataset`.
 :func:`class_gate`, :func:`patch_labels` and :func:`patch_gates` give the classes a patch holds
@@ -42,9 +43,9 @@ from tqdm.auto import tqdm
 
 from ..data import RegionCache, crop, label_columns
 from ..schemes import IGNORE, ClassScheme
-from .prototypes import patch_features, prototype_scores
+from .prototypes import crop_margin, feature_stack, prototype_scores
 from .source import PseudoMaskSource
-from .tta import FLIPS, TTAS, Normalize, Tta, augment, model_device, restore, to_input
+from .tta import FLIPS, TTAS, Normalize, Tta, model_device, summed, to_input
 
 DEFAULT_WEIGHTS: tuple[float, ...] | None = None
 """Fusion weights of the class maps, shallow to deep; None: equal. On the bench's 256 px patches
@@ -163,6 +164,17 @@ def white_pixels(rgb: np.ndarray, threshold: int = 200, min_size: int = 64) -> n
     return keep[comp]
 
 
+def _upsampled(maps: Sequence[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    return [F.interpolate(m.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False) for m in maps]
+
+
+def _fused(depths: Sequence[torch.Tensor], weights: Sequence[float] | None, margin: int) -> torch.Tensor:
+    """Every depth's maps (at the input's size) cropped by ``margin``, normalised per class, fused, normalised."""
+    h, w = depths[0].shape[-2] - 2 * margin, depths[0].shape[-1] - 2 * margin
+    depths = [d[..., margin : margin + h, margin : margin + w] for d in depths]
+    return normalise_per_class(fuse_cams([normalise_per_class(d) for d in depths], weights, (h, w))).cpu()
+
+
 @torch.no_grad()
 def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
                weights: Sequence[float] | None = DEFAULT_WEIGHTS, tta: Tta = "flip", margin: int = 0) -> torch.Tensor:
@@ -176,16 +188,28 @@ def patch_cams(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
     """
     model.eval()
     x = to_input(images, normalize).to(model_device(model))
-    depths: list[torch.Tensor] | None = None
-    for turns, dims in TTAS[tta]:
-        xt = augment(x, turns, dims)
-        up = [restore(F.interpolate(m.float(), size=tuple(xt.shape[-2:]), mode="bilinear", align_corners=False),
-                       turns, dims) for m in model.forward_maps(xt)]
-        depths = up if depths is None else [a + b for a, b in zip(depths, up)]
-    h, w = x.shape[-2] - 2 * margin, x.shape[-1] - 2 * margin
-    depths = [d[..., margin : margin + h, margin : margin + w] for d in depths]
-    fused = fuse_cams([normalise_per_class(d) for d in depths], weights, (h, w))
-    return normalise_per_class(fused).cpu()
+    return _fused(summed(lambda xt: _upsampled(model.forward_maps(xt), xt), x, tta), weights, margin)
+
+
+@torch.no_grad()
+def patch_cams_and_features(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
+                            weights: Sequence[float] | None = DEFAULT_WEIGHTS, tta: Tta = "flip",
+                            margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`patch_cams` and the ``(N, C, h, w)`` features of the prototypes from the same encoder passes.
+
+    The features are :func:`~.prototypes.feature_stack` of ``model.forward_features``, averaged
+    over ``tta`` and cropped by ``margin`` (:func:`~.prototypes.crop_margin`); the maps are
+    ``model.class_maps`` of the same features.
+    """
+    model.eval()
+    x = to_input(images, normalize).to(model_device(model))
+
+    def maps_and_features(xt: torch.Tensor) -> list[torch.Tensor]:
+        levels = model.forward_features(xt)
+        return _upsampled(model.class_maps(levels), xt) + [feature_stack(levels)]
+
+    *depths, feats = summed(maps_and_features, x, tta)
+    return _fused(depths, weights, margin), crop_margin(feats / len(TTAS[tta]), margin, x.shape[-1]).cpu()
 
 
 @dataclass(frozen=True)
@@ -227,9 +251,11 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
     for s in range(0, len(images), options.batch):
         batch = images[s : s + options.batch]
         need = labels[s : s + options.batch].sum(axis=1) > 1  # single-label and unlabelled patches need no maps
-        cams = patch_cams(model, batch[need], normalize, options.weights, options.tta, margin) if need.any() else None
-        feats = (patch_features(model, batch[need], normalize, options.tta, margin)
-                 if need.any() and options.prototypes > 0 else None)
+        cams = feats = None
+        if need.any() and options.prototypes > 0:
+            cams, feats = patch_cams_and_features(model, batch[need], normalize, options.weights, options.tta, margin)
+        elif need.any():
+            cams = patch_cams(model, batch[need], normalize, options.weights, options.tta, margin)
         j = 0
         for i, (rgb, lab) in enumerate(zip(batch[:, margin : margin + h, margin : margin + w],
                                            labels[s : s + options.batch])):

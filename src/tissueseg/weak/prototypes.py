@@ -8,53 +8,43 @@ labels as a seed, makes each class's *prototype* the mean of its seeds' features
 pixel by its cosine similarity to every prototype, and redraws the seeds from those scores,
 ``iters`` times (a k-means whose clusters are the patch's labels, started from the class maps).
 
-:func:`patch_features` gives the features: the classifier's encoder features of every depth
+The features are the classifier's encoder features of every depth
 (:meth:`~tissueseg.models.classifier.PatchClassifier.forward_features`), each normalised
-per pixel, at the shallowest depth's resolution, concatenated and averaged over the
-test-time augmentations.
+per pixel, at the shallowest depth's resolution and concatenated (:func:`feature_stack`);
+:func:`~.cam.patch_cams_and_features` averages them over the test-time augmentations,
+from the same encoder passes as the class maps.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tta import TTAS, Normalize, Tta, augment, model_device, restore, to_input
+
+def feature_stack(levels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(N, C, h, w)``: encoder features of every depth L2-normalised over their channels, resized
+    to the shallowest depth's grid and concatenated (what :func:`prototype_scores` compares)."""
+    size = tuple(levels[0].shape[-2:])
+    return torch.cat([F.normalize(F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False), dim=1)
+                      for f in levels], dim=1)
 
 
-@torch.no_grad()
-def patch_features(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
-                   tta: Tta = "flip", margin: int = 0) -> torch.Tensor:
-    """``(N, C, h, w)`` features of uint8 patches ``(N, H + 2 margin, W + 2 margin, 3)``.
-
-    Every depth of ``model.forward_features`` is L2-normalised over its channels, resized to
-    the shallowest depth's grid, concatenated, averaged over ``tta`` (:data:`~.tta.TTAS`) and
-    cropped by ``margin`` (scaled to that grid).
-    """
-    model.eval()
-    x = to_input(images, normalize).to(model_device(model))
-    total: torch.Tensor | None = None
-    for turns, dims in TTAS[tta]:
-        levels = model.forward_features(augment(x, turns, dims))
-        size = tuple(levels[0].shape[-2:])
-        cat = torch.cat([F.normalize(F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False), dim=1)
-                         for f in levels], dim=1)
-        cat = restore(cat, turns, dims)
-        total = cat if total is None else total + cat
-    feats = total / len(TTAS[tta])
-    if margin:
-        scale = feats.shape[-1] / x.shape[-1]
-        m = int(round(margin * scale))
-        feats = feats[..., m : feats.shape[-2] - m, m : feats.shape[-1] - m]
-    return feats.cpu()
+def crop_margin(features: torch.Tensor, margin: int, width: int) -> torch.Tensor:
+    """``features`` of an input ``width`` px wide without its ``margin`` px of context (scaled to their grid)."""
+    if not margin:
+        return features
+    m = int(round(margin * (features.shape[-1] / width)))
+    return features[..., m : features.shape[-2] - m, m : features.shape[-1] - m]
 
 
 def prototype_scores(features: torch.Tensor, scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                      iters: int = 3) -> torch.Tensor:
     """``(K, H, W)`` scores in [0, 1] of a patch's labelled classes by similarity to its own class prototypes.
 
-    ``features`` ``(C, h, w)`` (:func:`patch_features`), ``scores`` ``(K, H, W)`` the class
+    ``features`` ``(C, h, w)`` (:func:`~.cam.patch_cams_and_features`), ``scores`` ``(K, H, W)`` the class
     maps restricted to the labels (:func:`~.cam.restrict_to_labels`; seeds: the best labelled
     class at every feature pixel), ``labels`` ``(K,)`` multi-hot. The score of a labelled class
     is ``(1 + cos) / 2`` to its prototype, bilinearly resized to ``(H, W)``; absent classes
