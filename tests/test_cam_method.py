@@ -114,7 +114,10 @@ def test_cam_trains_stage_one_then_learns_from_its_pseudo_masks_without_reading_
             assert set(np.unique(window)) <= allowed
     p = load_predictor(result.best)
     assert p.inference.flip_tta and p.inference.gate_threshold == 0.3 and p.inference.gate_window is None
-    assert p.gate is not None
+    gate = p.gate.state_dict()  # the gate is the trained classifier itself
+    assert gate.keys() == stage1["model"].keys()
+    for name, value in stage1["model"].items():
+        torch.testing.assert_close(gate[name], value, rtol=0, atol=0)
     probs = p.probabilities(p.preprocess(torch.from_numpy(data[2][0][0][None, :64, :64])))
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 64, 64))
 
@@ -137,6 +140,22 @@ def test_stage_one_config_ignores_the_pseudo_mask_and_prediction_options(tmp_pat
     assert base == stage1(classifier_steps=3, local_gate=64)
     assert base["run"]["steps"] == 3 and base["model"]["arch"] == "classifier"
     assert base != stage1(classifier_steps=4) and base != stage1(classifier_steps=3, balanced=False)
+
+
+def test_overwrite_keeps_a_stage_one_finished_on_the_same_config_and_data(data, tmp_path):
+    root = data[0]
+
+    def run(steps: int, classifier_steps: int, prototypes: int) -> int:
+        """Train with --overwrite; the step stage 1's last.pt was written at (its mtime in ns)."""
+        train(_config(root / "patches", tmp_path / "w", "cam", steps, model={"weights": "none"},
+                      cam={"classifier_steps": classifier_steps, "tta": "none", "prototypes": prototypes}),
+              quiet=True, overwrite=True)
+        return (tmp_path / "w" / CLASSIFIER_DIR / "last.pt").stat().st_mtime_ns
+
+    first = run(2, 2, 3)
+    assert run(3, 2, 0) == first  # other stage-2 and pseudo-mask options: the classifier is kept
+    assert run(3, 3, 0) != first  # another stage-1 config: trained again
+    assert read_checkpoint(tmp_path / "w" / CLASSIFIER_DIR / "last.pt")["state"]["step"] == 3
 
 
 def test_one_kind_of_class_gate_at_a_time(tmp_path):

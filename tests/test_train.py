@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ from tissueseg.metrics import confusion_matrix, scores
 from tissueseg.models import ModelConfig, build_model
 from tissueseg.schemes import bcss5
 from tissueseg.synth import make_dataset, make_region
-from tissueseg.train import train
+from tissueseg.train import config_differences, finished, train
 
 HELD_OUT_SEED = 12345
 
@@ -228,6 +230,52 @@ def test_resume_after_ctrl_c_or_a_crash_gives_the_same_run(tiles, tmp_path, monk
 
     with pytest.raises(ValueError, match=r"another config \(optim.lr differ\)"):
         train(_cfg(tiles, tmp_path / "b", *args, "optim.lr=0.01"), quiet=True)
+
+
+def test_a_field_added_by_a_later_version_differs_only_when_set_away_from_its_default():
+    new = load_config(None, ["cam.classifier_steps=5"]).to_dict()
+    old = {**new, "cam": {k: v for k, v in new["cam"].items() if k not in ("init_encoder", "local_gate")}}
+    assert config_differences(old, new) == []  # an older run resumes (e.g. a finished stage 1)
+    assert config_differences(old, load_config(None, ["cam.classifier_steps=5", "cam.local_gate=64"]).to_dict()) == [
+        "cam.local_gate"]
+    assert config_differences(new, {**new, "run": {**new["run"], "steps": 7, "checkpoint_every": 3}}) == ["run.steps"]
+
+
+def test_a_run_resumes_or_is_kept_only_on_the_data_it_was_trained_on(tiles, tmp_path):
+    manifest = tmp_path / "manifest"
+    manifest.mkdir()
+    for name in ("manifest.parquet", "manifest.json"):
+        shutil.copy(tiles / name, manifest)
+    cfg = _cfg(manifest, tmp_path / "run", "model.weights=none", "run.steps=2", "run.batch_size=4",
+               "data.patch_size=32", "run.max_val_patches=8")
+    assert not finished(cfg)
+    train(cfg, quiet=True)
+    assert finished(cfg) and train(cfg, quiet=True).resumed_from == 2  # same config and data: kept as it is
+    assert not finished(cfg.model_copy(update={"run": cfg.run.model_copy(update={"steps": 3})}))
+
+    df, _ = load_manifest(manifest)
+    row = int(np.flatnonzero(df["split"] == "train")[0])
+    other = df.copy()
+    label = next(c for c in df if c.startswith("label_"))
+    other.loc[row, label] = 1 - other.loc[row, label]  # one patch's label changed
+    other.to_parquet(manifest / "manifest.parquet")
+    assert not finished(cfg)
+    with pytest.raises(ValueError, match="a run on other data"):
+        train(cfg, quiet=True)
+    df.to_parquet(manifest / "manifest.parquet")
+    assert finished(cfg)
+
+    image = Path(df.loc[row, "image_path"])
+    stat = image.stat()
+    try:
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a file the manifest names changed
+        assert not finished(cfg)
+        with pytest.raises(ValueError, match="a run on other data"):
+            train(cfg, quiet=True)
+        assert train(cfg, quiet=True, overwrite=True).resumed_from == 0
+        assert finished(cfg)
+    finally:
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 # ------------------------------------------------------------------------------------------ checkpoint

@@ -21,6 +21,7 @@ rank 0 writes the files (see ``docs/distributed.md``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -44,13 +45,14 @@ from .augment import Augment
 from .checkpoint import Inference, Preprocessing, model_args, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PatchDataset, RegionCache, StepSampler
+from .fingerprint import file_stamps, key
 from .manifest import load_manifest, manifest_mpp
 from .metrics import ConfusionAccumulator, scores
 from .models import build_model, normalization
 from .schemes import IGNORE, ClassScheme, load_scheme, scheme_from_dict
 from .supervision import Context, Supervision, build_supervision
 
-RESUME_FREE = ("run.out", "run.device", "data.workers", "data.cache_dir")
+RESUME_FREE = ("run.out", "run.device", "run.checkpoint_every", "data.workers", "data.cache_dir")
 """Config fields that may change between a run and its resumption (they do not change results)."""
 
 
@@ -94,14 +96,19 @@ def resolve_scheme(cfg: TrainConfig, meta: dict) -> ClassScheme:
     return scheme_from_dict(params["scheme"], source="manifest.json")
 
 
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ (ignoring :data:`RESUME_FREE`)."""
+def config_differences(old: dict, new: dict, prefix: str = "", defaults: dict | None = None) -> list[str]:
+    """Dotted keys whose values differ (ignoring :data:`RESUME_FREE`). A key ``old`` lacks (a field
+    added by a later version) differs only when ``new`` holds something other than its default."""
+    if defaults is None:
+        defaults = TrainConfig.model_validate({}).to_dict() if not prefix else {}
     keys = []
     for k in sorted(old.keys() | new.keys()):
         name = f"{prefix}{k}"
-        a, b = old.get(k), new.get(k)
+        a, b, default = old.get(k), new.get(k), defaults.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += config_differences(a, b, f"{name}.")
+            keys += config_differences(a, b, f"{name}.", default if isinstance(default, dict) else {})
+        elif k not in old and k in defaults and b == default:
+            continue
         elif a != b and name not in RESUME_FREE:
             keys.append(name)
     return keys
@@ -319,7 +326,8 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False,
 
     ``supervision``: a :class:`~tissueseg.supervision.Supervision` class to use in place of
     ``cfg.method``'s (a method's own stage, e.g. :class:`~tissueseg.supervision.ImageLabels`).
-    Raises ``ValueError`` when ``run.out`` holds a run with another config.
+    Raises ``ValueError`` when ``run.out`` holds a run with another config or on other data
+    (:func:`data_fingerprint`).
     """
     if cfg.data.manifest is None:
         raise ValueError("no manifest: set data.manifest (a `tissueseg tile` output)")
@@ -353,6 +361,40 @@ def _open_run(cfg: TrainConfig, overwrite: bool, rank: int) -> dict | None:
                 (out / name).unlink(missing_ok=True)
         io.write_text(out / "config.yaml", cfg.dump())
     return checkpoint
+
+
+def data_fingerprint(train_df: pd.DataFrame, val_df: pd.DataFrame) -> str:
+    """A hash of what a run learns from and is scored on: the manifest's train and val rows (patches,
+    coordinates, labels) and the files they name (path, size, modification time)."""
+    rows = hashlib.sha1()
+    for df in (train_df, val_df):
+        rows.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+        rows.update(repr(list(df.columns)).encode())
+    files = {p for df in (train_df, val_df) for col in ("image_path", "mask_path") if col in df
+             for p in df[col].dropna().unique()}
+    missing = next((p for p in sorted(files) if not Path(p).is_file()), None)
+    if missing is not None:
+        raise io.InputError(missing, "no such file (named by the manifest)")
+    return key(rows.hexdigest(), file_stamps(files))
+
+
+def total_steps(cfg: TrainConfig, train_df: pd.DataFrame) -> int:
+    """The run's length: ``run.steps``, or ``run.epochs`` passes over the training patches."""
+    return cfg.run.steps or math.ceil(cfg.run.epochs * len(train_df) / cfg.run.batch_size)
+
+
+def finished(cfg: TrainConfig) -> bool:
+    """Whether ``run.out`` holds a run of ``cfg`` trained to its last step on the manifest's data as it
+    is now (:func:`data_fingerprint`): what ``--overwrite`` keeps of a method's earlier stage."""
+    path = Path(cfg.run.out) / "last.pt"
+    if not path.is_file():
+        return False
+    checkpoint = read_checkpoint(path)
+    if config_differences(checkpoint["config"], cfg.to_dict()):
+        return False
+    train_df, val_df = _splits(cfg, load_manifest(cfg.data.manifest)[0])
+    state = checkpoint["state"] or {}
+    return state.get("data") == data_fingerprint(train_df, val_df) and state.get("step") == total_steps(cfg, train_df)
 
 
 def _splits(cfg: TrainConfig, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -389,8 +431,9 @@ class _Run:
     """The mutable state of one training run: model, optimiser, history, best score; and its files."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, scheme: ClassScheme, preprocessing: Preprocessing,
-                 inference: Inference, total: int, device: torch.device, rank: int, world: int):
+                 inference: Inference, total: int, data: str, device: torch.device, rank: int, world: int):
         self.cfg, self.model, self.scheme, self.preprocessing = cfg, model, scheme, preprocessing
+        self.data = data
         self.inference = inference
         self.rank, self.world = rank, world
         self.out = Path(cfg.run.out)
@@ -426,7 +469,7 @@ class _Run:
         state = {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": _rng_state(), "step": self.step, "history": self.history,
-            "running": self.running, "best_miou": self.best_miou, "best_step": self.best_step,
+            "running": self.running, "best_miou": self.best_miou, "best_step": self.best_step, "data": self.data,
         }
         if self.world > 1:
             state["rng_ranks"] = [None] * self.world
@@ -485,6 +528,10 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
     df, meta = load_manifest(cfg.data.manifest)
     scheme = resolve_scheme(cfg, meta)
     train_df, val_df = _splits(cfg, df)
+    data = data_fingerprint(train_df, val_df)
+    if checkpoint is not None and (checkpoint["state"] or {}).get("data", data) != data:  # older runs recorded none
+        raise ValueError(f"{out / 'last.pt'}: a run on other data (the manifest's patches or labels, or a file they "
+                         "name, changed since); use --overwrite or another --out")
     cache = RegionCache(cfg.data.cache_dir or Path(cfg.data.manifest).resolve().parent / "cache")
     ctx = Context(cfg, train_df, val_df, meta.get("params", meta), scheme, cache, out, device, quiet, rank, overwrite)
     sup = supervision(ctx) if supervision is not None else build_supervision(cfg.method, ctx)
@@ -492,7 +539,7 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
     preprocessing = _preprocessing(cfg, train_df, sup.patch_size)
     if rank == 0:
         sup.write_previews(out / "pseudo-masks")
-    total = cfg.run.steps or math.ceil(cfg.run.epochs * len(train_df) / cfg.run.batch_size)
+    total = total_steps(cfg, train_df)
 
     torch.manual_seed(cfg.run.seed)
     random.seed(cfg.run.seed)
@@ -501,7 +548,7 @@ def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device,
     sup.init_model(model)
     if rank:  # dropout draws other masks in every process
         torch.manual_seed(cfg.run.seed + 1_000_003 * rank)
-    run = _Run(cfg, model, scheme, preprocessing, sup.inference(), total, device, rank, world)
+    run = _Run(cfg, model, scheme, preprocessing, sup.inference(), total, data, device, rank, world)
     if checkpoint is not None:
         run.resume(checkpoint)
     if world > 1:

@@ -41,7 +41,8 @@ Examples:
   tissueseg train configs/mil.yaml --manifest tiles-256/ --out runs/mil --loss sigmoid-max
   tissueseg train --manifest tiles/ --out runs/quick --set run.batch_size=4 --set model.weights=none
 
-An --out folder that holds last.pt resumes that run (same config) unless --overwrite.""",
+An --out folder that holds last.pt resumes that run (same config and data) unless --overwrite;
+--overwrite keeps cam's stage 1 (<out>/classifier) when it finished on the same config and data.""",
 )
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",

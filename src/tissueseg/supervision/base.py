@@ -37,7 +37,7 @@ class Context:
     quiet: bool = False
     rank: int = 0
     overwrite: bool = False
-    """The run starts over (a method's own earlier stages too)."""
+    """The run starts over (a method's own earlier stages too, unless finished on the same config and data)."""
 
 
 class Supervision:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import Inference, read_checkpoint
+from ..checkpoint import Inference
 from ..data import label_columns
 from ..losses import LossSum, multilabel_sum
 from .base import Context, Supervision
@@ -74,7 +74,7 @@ class Cam(Supervision):
 
     def __init__(self, ctx: Context):
         from ..checkpoint import load_predictor
-        from ..train import train
+        from ..train import finished, train
         from ..weak.cam import CamOptions, CamPseudoMasks
 
         super().__init__(ctx)
@@ -83,10 +83,13 @@ class Cam(Supervision):
         if size is not None and stride is not None and int(stride) != int(size):
             raise ValueError(f"{ctx.cfg.data.manifest}: tiled with stride {stride} != size {size}; method cam "
                              "needs non-overlapping labelled patches (tile with stride = size, edge pad)")
-        stage1 = train(classifier_config(ctx), quiet=ctx.quiet, overwrite=ctx.overwrite, supervision=ImageLabels)
-        self.classifier_path = stage1.last
+        stage1_cfg = classifier_config(ctx)
+        restart = ctx.overwrite and not finished(stage1_cfg)  # a finished stage 1 of this config and data is kept
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every process has looked before rank 0 clears the folder
+        stage1 = train(stage1_cfg, quiet=ctx.quiet, overwrite=restart, supervision=ImageLabels)
         classifier = load_predictor(stage1.last, ctx.device)
-        self.classifier = classifier.model
+        self.classifier, self.classifier_config = classifier.model, classifier.config
         cam = ctx.cfg.cam
         options = CamOptions(tta=cam.tta, refine_radius=cam.refine_radius, context=cam.context,
                              prototypes=cam.prototypes)
@@ -112,8 +115,8 @@ class Cam(Supervision):
         cam = self.ctx.cfg.cam
         if cam.gate is None and cam.local_gate is None:
             return Inference(flip_tta=cam.flip_tta)
-        stage1 = read_checkpoint(self.classifier_path)
-        gate = {"model": stage1["model"], "config": stage1["config"]}
+        gate = {"model": {k: v.detach().cpu() for k, v in self.classifier.state_dict().items()},
+                "config": self.classifier_config}
         if cam.local_gate is not None:
             return Inference(flip_tta=cam.flip_tta, gate=gate, gate_window=cam.local_gate)
         return Inference(flip_tta=cam.flip_tta, gate=gate, gate_threshold=cam.gate)
