@@ -99,11 +99,15 @@ def with_label_sets(mask: np.ndarray, corners: np.ndarray, size: int, labels: np
     return mask.astype(np.int64) << 16 | bits
 
 
-def set_loss(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the pseudo-mask (``t >> 16``) plus the label-set loss of the patch labels (``t & 0xFFFF``)."""
-    logits = model(x)
-    mask, bits = (t >> 16) & 0xFF, t & 0xFFFF
-    return cross_entropy(logits, mask, ignore_index=IGNORE) + labelset_loss(logits, bits)
+def set_loss(weight: float) -> Callable:
+    """Cross-entropy on the pseudo-mask (``t >> 16``) plus ``weight`` x the label-set loss of the patch labels
+    (``t & 0xFFFF``)."""
+
+    def loss(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        mask, bits = (t >> 16) & 0xFF, t & 0xFFFF
+        return cross_entropy(logits, mask, ignore_index=IGNORE) + weight * labelset_loss(logits, bits)
+    return loss
 
 
 def mil_loss(name: str, k: int) -> Callable:
@@ -307,7 +311,7 @@ class PatchLabelRun:
                     sources = self.mosaics(size, pm if "pmosaic" in key else None, a.seed + r)
                     streams.append(mosaic_batches(sources, n_mosaic))
                 n = steps // rounds + (steps % rounds if r == rounds - 1 else 0)
-                loss = set_loss if "set" in key else weighted_loss(pm, self.k) if "wce" in key else full_loss
+                loss = set_loss(a.set_weight) if "set" in key else weighted_loss(pm, self.k) if "wce" in key else full_loss
                 fit(model, concat_batches(*streams), loss, n, self.norm, lr=a.lr,
                     desc=f"{base}@{size} stage 2 round {r + 1}")
             return model, pm_sc, cost + _cost(steps, a.batch, a.crop, time.perf_counter() - start)
@@ -408,7 +412,7 @@ def run(args: argparse.Namespace) -> dict:
             "steps": args.steps, "batch": args.batch, "cls_steps": args.cls_steps, "cls_stride": args.cls_stride,
             "crop": args.crop, "budget_samples": args.steps * args.batch, "train_regions": args.train_regions,
             "test_regions": args.test_regions, "region_size": args.region_size, "weights": args.weights,
-            "gate": args.gate, "gate_window": args.gate_window, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
+            "gate": args.gate, "gate_window": args.gate_window, "set_weight": args.set_weight, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
             "gf_eps": args.gf_eps, "layouts": layouts, "data_s": data_s, "methods": results}
 
 
@@ -457,6 +461,7 @@ def main() -> None:
     p.add_argument("--mosaic-mix", type=float, default=0.5, help="share of mosaics in stage-2 batches (+mosaic)")
     p.add_argument("--min-score", type=float, default=0.2, help="CAM score under which pixels are ignored (+min)")
     p.add_argument("--context", type=int, default=64, help="px of context around each patch for the CAMs (+ctx)")
+    p.add_argument("--set-weight", type=float, default=1.0, help="weight of the label-set loss (+set)")
     p.add_argument("--margin", type=float, default=0.1, help="CAM margin under which pixels are ignored (+margin)")
     p.add_argument("--prototypes", type=int, default=3, help="iterations of image-specific prototypes (+ipp)")
     p.add_argument("--gf-radius", type=int, default=16, help="guided filter radius (+gf)")

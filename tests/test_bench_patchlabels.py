@@ -83,11 +83,14 @@ def test_pseudo_masks_with_label_sets_round_trip():
     logits = torch.zeros(1, 3, 1, 4)
     logits[0, 0, 0, 0] = logits[0, 1, 0, 1:] = 20.0  # right on the mask and inside every set
     model = lambda x: logits  # noqa: E731
-    assert set_loss(model, None, torch.from_numpy(t)[None]) < 1e-6
+    target = torch.from_numpy(t)[None]
+    assert set_loss(1.0)(model, None, target) < 1e-6
     logits[0, 2, 0, 3] = 40.0  # class 2 at the ignored pixel of a {1, 2} patch: still allowed
-    assert set_loss(model, None, torch.from_numpy(t)[None]) < 1e-6
+    assert set_loss(1.0)(model, None, target) < 1e-6
     logits[0, 2, 0, 0] = 40.0  # class 2 in the {0, 1} patch: wrong twice
-    assert set_loss(model, None, torch.from_numpy(t)[None]) > 10
+    ce, both = set_loss(0.0)(model, None, target), set_loss(1.0)(model, None, target)
+    assert both > ce + 4 > 10  # the label-set term adds its own penalty
+    torch.testing.assert_close(set_loss(0.5)(model, None, target), (ce + both) / 2)
 
 
 def test_balanced_patch_batches_favour_rare_classes():
