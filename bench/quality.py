@@ -332,8 +332,8 @@ class PatchLabelRun:
         if "lgate" in opts:
             classifier = self.classifier(size, "bal" in opts)[0]
             with torch.no_grad():
-                local = classifier.eval().local_logits(to_input(rgb[None], *self.norm), self.args.gate_window)[0]
-            probs = probs * torch.sigmoid(local)
+                local = classifier.eval().local_presence(to_input(rgb[None], *self.norm), self.args.gate_window)[0]
+            probs = probs * local
         if "gate" in opts:
             return cam.gated_argmax(probs, cam.patch_gates(self.classifier(size, "bal" in opts)[0], rgb, size, self.norm, self.args.gate))
         return probs.argmax(0).numpy().astype(np.uint8)

@@ -86,9 +86,8 @@ def main() -> None:
         rows["stage 2 alone"] = probs.argmax(0).numpy().astype(np.uint8)
         rows["stage 2 restricted to the labels"] = cam.restrict_region(probs, corners, PATCH, labels)
         with torch.no_grad():
-            local = classifier.model.local_logits(to_input(rgb[None], prep.mean, prep.std), args.gate_window)[0]
-        rows[f"stage 2 with the local gate ({args.gate_window} px)"] = (
-            (probs * torch.sigmoid(local)).argmax(0).numpy().astype(np.uint8))
+            local = classifier.model.local_presence(to_input(rgb[None], prep.mean, prep.std), args.gate_window)[0]
+        rows[f"stage 2 with the local gate ({args.gate_window} px)"] = (probs * local).argmax(0).numpy().astype(np.uint8)
     names = bcss_wsss4().names
     print("| pseudo-masks from 224 px patch labels | " + " | ".join(names) + " | mean TUM/STR/NEC | coverage |")
     print("|---" * (len(names) + 3) + "|")

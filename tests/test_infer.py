@@ -402,18 +402,18 @@ def test_the_local_gate_of_a_checkpoint_weighs_each_pixel_by_the_classifier_arou
     windows = []
 
     class Gate(torch.nn.Module):  # class 1 present on the left half only, class 2 nowhere, the others everywhere
-        def local_logits(self, x, window):
+        def local_presence(self, x, window):
             windows.append(window)
             logits = torch.full((len(x), 5, *x.shape[-2:]), 5.0)
             logits[:, 1, :, 24:] = -5.0
             logits[:, 2] = -5.0
-            return logits
+            return torch.sigmoid(logits)
 
     gated = Predictor(tiny.model, tiny.scheme, tiny.preprocessing, tiny.config,
                       Inference(gate={"model": {}, "config": {}}, gate_window=16), gate=Gate())
     p = gated.probabilities(x)
     assert windows == [16]
-    weight = torch.sigmoid(Gate().local_logits(x, 16))
+    weight = Gate().local_presence(x, 16)
     expected = plain * weight
     torch.testing.assert_close(p, expected / expected.sum(1, keepdim=True))
     assert float(p[:, 2].max()) < 0.01 and float(p[:, 1, :, 24:].max()) < 0.01

@@ -59,7 +59,7 @@ class Inference:
     probability in a window is below ``gate_threshold`` is not predicted there; with
     ``gate_window`` px every class's probability is multiplied by the classifier's that the
     class is in the ``gate_window`` px around the pixel (the *local gate*,
-    :meth:`~tissueseg.models.classifier.PatchClassifier.local_logits`)."""
+    :meth:`~tissueseg.models.classifier.PatchClassifier.local_presence`)."""
 
     flip_tta: bool = False
     gate: dict[str, Any] | None = field(default=None, repr=False)
@@ -153,7 +153,7 @@ class Predictor:
         """What the class gate multiplies the probabilities by: the local gate's ``(N, K, H, W)``
         probabilities, or the window gate's ``(N, K, 1, 1)`` 0/1 (a window it calls empty keeps every class)."""
         if self.inference.gate_window is not None:
-            return torch.sigmoid(self.gate.local_logits(x, self.inference.gate_window).float())
+            return self.gate.local_presence(x, self.inference.gate_window).float()
         present = torch.sigmoid(self.gate(x).float()) >= self.inference.gate_threshold  # (N, K)
         present |= ~present.any(1, keepdim=True)
         return present[:, :, None, None].float()

@@ -37,7 +37,8 @@ class PatchClassifier(nn.Module):
     """``forward_maps(x)`` -> class maps per depth (shallow to deep); ``forward(x)`` -> ``(N, K)`` logits;
     ``forward_features(x)`` -> the encoder features the maps are made from (``class_maps`` turns them
     into the maps, so that one encoder pass gives both); ``local_logits(x, window)``
-    -> ``(N, K, H, W)`` logits of the ``window`` px around every pixel.
+    -> ``(N, K, H, W)`` logits of the ``window`` px around every pixel, ``local_presence``
+    their probabilities.
 
     ``forward``'s logits are the mean over depths of :func:`gap_logits` (what a class gate
     thresholds after a sigmoid).
@@ -80,6 +81,11 @@ class PatchClassifier(nn.Module):
             m = F.avg_pool2d(m.float(), k, stride=1, padding=k // 2, count_include_pad=False)
             total = total + F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
         return total / len(maps)
+
+    def local_presence(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """``(N, K, H, W)``: the probability that each class is in the ``window`` px around every
+        pixel (the sigmoid of :meth:`local_logits`; what the local gate weighs a segmenter by)."""
+        return torch.sigmoid(self.local_logits(x, window))
 
 
 def build_classifier(
