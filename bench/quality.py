@@ -12,7 +12,9 @@ regions are used only by the full model. Scores: per-class IoU and mIoU on the h
 regions (whole-region prediction with flip TTA for every method).
 
 Run: python bench/quality.py --steps 300 --seed 0 [--data-seed 0] [--methods full,sigmoid-max,...] [--out bench-out]
-Writes the table to <out>/quality.md and the numbers to <out>/quality.json.
+Writes the table to <out>/quality.md and the numbers to <out>/quality.json (with each method's
+confusion matrix on the held-out regions: rows true class, columns predicted class, last column
+pixels with no prediction).
 """
 
 from __future__ import annotations
@@ -404,7 +406,8 @@ def run(args: argparse.Namespace) -> dict:
             cm += confusion_matrix(predict(rgb), lab, k)
         sc = scores(cm, names)
         results[method] = {"miou": sc["miou"], "iou": {n: sc["per_class"][n]["iou"] for n in names},
-                           "train_s": cost["seconds"], "samples": cost["samples"], "mpx": cost["mpx"], **extra}
+                           "train_s": cost["seconds"], "samples": cost["samples"], "mpx": cost["mpx"],
+                           "confusion": cm.tolist(), **extra}
         pm = f"  pseudo-masks {extra['pm_miou']:.3f}" if "pm_miou" in extra else ""
         pm += f"  round 2 {extra['pm2']:.3f}" if "pm2" in extra else ""
         print(f"{method:16s} mIoU {sc['miou']:.3f}{pm}  ({cost['seconds']:.0f} s)", flush=True)
