@@ -145,12 +145,15 @@ model's label-restricted predictions on the real patches). Options:
   (``-log sum_{k in L} p_k``, which is never wrong: it trains the pixels ``margin`` ignores), ``wce``
   the cross-entropy weighted by median frequency over the pseudo-masks' pixels;
 - prediction: ``gate`` class gate of the classifier per patch, ``lgate`` the segmenter's probabilities
-  times the classifier's local presence of each class (``--gate-window`` px around each pixel), ``notta`` no flip TTA, ``stage1`` the
+  times the classifier's local presence of each class (``--gate-window`` px around each pixel), ``la`` the
+  probabilities divided by each class's share of the pseudo-masks' pixels to the power ``--la-tau`` (logit
+  adjustment, Menon et al. 2021),
+  ``notta`` no flip TTA, ``stage1`` the
   classifier's own gated CAMs (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
 STAGE2_OPTS = ("bal", "bal2", "ipp", "init", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set", "wce")
-PREDICT_OPTS = ("gate", "lgate", "notta", "stage1")
+PREDICT_OPTS = ("gate", "lgate", "la", "notta", "stage1")
 
 
 def parse(method: str) -> tuple[str, int | None, frozenset[str]]:
@@ -336,9 +339,17 @@ class PatchLabelRun:
             with torch.no_grad():
                 local = classifier.eval().local_presence(to_input(rgb[None], *self.norm), self.args.gate_window)[0]
             probs = probs * local
+        if "la" in opts:
+            probs = probs / self.prior(size, opts)[:, None, None] ** self.args.la_tau
         if "gate" in opts:
             return cam.gated_argmax(probs, cam.patch_gates(self.classifier(size, "bal" in opts)[0], rgb, size, self.norm, self.args.gate))
         return probs.argmax(0).numpy().astype(np.uint8)
+
+    def prior(self, size: int, opts: frozenset[str]) -> torch.Tensor:
+        """``(K,)`` share of each class among the pseudo-masks' labelled pixels (what ``la`` divides by)."""
+        pm, _, _ = self.pseudo(size, opts)
+        counts = sum(np.bincount(m[m < self.k].ravel(), minlength=self.k) for _, m in pm)
+        return torch.tensor(counts / counts.sum(), dtype=torch.float32).clamp_min(1e-6)
 
     def cost(self, method: str) -> tuple[dict, Cost]:
         base, size, opts = parse(method)
@@ -415,7 +426,7 @@ def run(args: argparse.Namespace) -> dict:
             "steps": args.steps, "batch": args.batch, "cls_steps": args.cls_steps, "cls_stride": args.cls_stride,
             "crop": args.crop, "budget_samples": args.steps * args.batch, "train_regions": args.train_regions,
             "test_regions": args.test_regions, "region_size": args.region_size, "weights": args.weights,
-            "gate": args.gate, "gate_window": args.gate_window, "set_weight": args.set_weight, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
+            "gate": args.gate, "gate_window": args.gate_window, "la_tau": args.la_tau, "set_weight": args.set_weight, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
             "gf_eps": args.gf_eps, "layouts": layouts, "data_s": data_s, "methods": results}
 
 
@@ -465,6 +476,7 @@ def main() -> None:
     p.add_argument("--min-score", type=float, default=0.2, help="CAM score under which pixels are ignored (+min)")
     p.add_argument("--context", type=int, default=64, help="px of context around each patch for the CAMs (+ctx)")
     p.add_argument("--set-weight", type=float, default=1.0, help="weight of the label-set loss (+set)")
+    p.add_argument("--la-tau", type=float, default=0.5, help="power of the class shares the probabilities are divided by (+la)")
     p.add_argument("--margin", type=float, default=0.1, help="CAM margin under which pixels are ignored (+margin)")
     p.add_argument("--prototypes", type=int, default=3, help="iterations of image-specific prototypes (+ipp)")
     p.add_argument("--gf-radius", type=int, default=16, help="guided filter radius (+gf)")
