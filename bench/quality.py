@@ -347,9 +347,12 @@ class PatchLabelRun:
 
     def prior(self, size: int, opts: frozenset[str]) -> torch.Tensor:
         """``(K,)`` share of each class among the pseudo-masks' labelled pixels (what ``la`` divides by)."""
-        pm, _, _ = self.pseudo(size, opts)
-        counts = sum(np.bincount(m[m < self.k].ravel(), minlength=self.k) for _, m in pm)
-        return torch.tensor(counts / counts.sum(), dtype=torch.float32).clamp_min(1e-6)
+
+        def make() -> tuple:
+            pm, _, _ = self.pseudo(size, opts)
+            counts = sum(np.bincount(m[m < self.k].ravel(), minlength=self.k) for _, m in pm)
+            return (torch.tensor(counts / counts.sum(), dtype=torch.float32).clamp_min(1e-6),)
+        return self._once(("prior", size, opts & set(STAGE2_OPTS)), make)[0]
 
     def cost(self, method: str) -> tuple[dict, Cost]:
         base, size, opts = parse(method)
