@@ -101,3 +101,21 @@ def test_balanced_patch_batches_favour_rare_classes():
     rare = lambda balanced: np.mean([y[:, 1].mean() for _, y in  # noqa: E731
                                      (next(g) for g in [patch_batches(patches, labels, 400, 0, balanced)])])
     assert rare(False) < 0.2 and 0.4 < rare(True) < 0.6
+
+
+def test_real_mosaic_sources_are_the_single_label_patches(tmp_path):
+    from real_mosaics import single_label_sources, training_patches
+
+    from tissueseg import io
+
+    flags = ["1000", "1100", "0001", "0000", "0110"]
+    for i, f in enumerate(flags):
+        io.write_png(tmp_path / f"slide+{i}[{f}].png", np.full((6, 5, 3), 10 * i, np.uint8))
+    paths, images, labels = training_patches(tmp_path)
+    assert images.shape == (5, 6, 5, 3) and labels.tolist() == [[int(c) for c in f] for f in flags]
+    assert [int(images[paths.index(str(tmp_path / f"slide+{i}[{f}].png")), 0, 0, 0]) for i, f in enumerate(flags)] \
+        == [0, 10, 20, 30, 40]  # each image with its own name's labels
+    src = single_label_sources(paths, images, labels)
+    assert src["class"].tolist() == [0, 3]  # tumour, necrosis: the patches with one label
+    assert src["image_path"].tolist() == [str(tmp_path / "slide+0[1000].png"), str(tmp_path / "slide+2[0001].png")]
+    assert (src[["x", "y", "w", "h"]].to_numpy() == [0, 0, 5, 6]).all()
