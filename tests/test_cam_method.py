@@ -162,3 +162,31 @@ def test_one_kind_of_class_gate_at_a_time(tmp_path):
     with pytest.raises(ValueError, match="cam.gate and cam.local_gate"):
         _config(tmp_path / "m", tmp_path / "o", "cam", 5, cam={"gate": 0.4})
     assert _config(tmp_path / "m", tmp_path / "o", "cam", 5, cam={"gate": 0.4, "local_gate": None}).cam.gate == 0.4
+
+
+def test_cam_mixes_mosaics_of_single_label_patches_into_stage_two(data, tmp_path, monkeypatch):
+    from tissueseg.weak import mosaic
+
+    root = data[0]
+    drawn = []
+    arrays = mosaic.MosaicDataset.arrays
+
+    def spy(self, index, epoch=0):
+        rgb, mask = arrays(self, index, epoch)
+        drawn.append((self.size, self.tile, mask))
+        return rgb, mask
+
+    monkeypatch.setattr(mosaic.MosaicDataset, "arrays", spy)
+    cam = {"classifier_steps": 1, "tta": "none", "prototypes": 0, "local_gate": None}
+    train(_config(root / "patches", tmp_path / "w", "cam", 3, model={"weights": "none"}, cam={**cam, "mosaics": 0.5}),
+          quiet=True)
+    assert len(drawn) == 3 * BATCH // 2  # half of every batch of 4
+    assert all(size == PATCH and tile == PATCH // 2 for size, tile, _ in drawn)  # tiles: half the window
+    singles = load_manifest(root / "patches")[0]
+    names = [f"label_{n}" for n in data[1].names]
+    present = set(np.flatnonzero(singles.loc[singles[names].sum(axis=1) == 1, names].sum(axis=0).to_numpy()))
+    assert set(np.unique(np.concatenate([m.ravel() for _, _, m in drawn]))) <= present  # classes of single-label patches
+    with pytest.raises(ValueError, match="patches.*cam.mosaics: mosaic size 64 is not a multiple of the tile 48"):
+        train(_config(root / "patches", tmp_path / "v", "cam", 1, model={"weights": "none"},
+                      cam={**cam, "mosaics": 0.5, "mosaic_tile": 48}), quiet=True)
+    assert not (tmp_path / "v" / CLASSIFIER_DIR / "last.pt").exists()  # refused before stage 1 trained

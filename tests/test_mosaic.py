@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -122,3 +123,45 @@ def test_mosaic_refuses_sources_smaller_than_a_tile():
     src = pd.DataFrame([("r", 0, 0, 8, 8, 0)], columns=mosaic.SOURCE_COLUMNS)
     with pytest.raises(ValueError, match="at least 16x16"):
         mosaic.MosaicDataset(src, {"r": np.zeros((8, 8, 3), np.uint8)}.__getitem__, size=32, tile=16)
+
+
+def test_mosaic_batches_make_the_end_of_every_global_batch_mosaics():
+    steps = lambda start=0, rank=0, world=1: StepSampler(10, 8, seed=3, start=start, stop=4,  # noqa: E731
+                                                         rank=rank, world=world)
+    plain, mixed = list(steps()), list(mosaic.MosaicBatches(steps(), 0.5, offset=10))
+    assert len(mixed) == 4
+    for step, (a, b) in enumerate(zip(plain, mixed)):
+        assert b[:4] == a[:4]  # the first half: the sampler's patches
+        assert b[4:] == [(10 + 8 * step + p, 0) for p in range(4, 8)]  # the rest: mosaics numbered by position
+    ranks = [list(mosaic.MosaicBatches(steps(rank=r, world=2), 0.5, offset=10)) for r in range(2)]
+    for step, batch in enumerate(mixed):  # two processes take every other key of the same global batch
+        assert ranks[0][step] == batch[0::2] and ranks[1][step] == batch[1::2]
+    assert list(mosaic.MosaicBatches(steps(start=2), 0.5, offset=10)) == mixed[2:]  # a resumed run continues
+    assert list(mosaic.MosaicBatches(steps(), 0.0, offset=10)) == plain
+    with pytest.raises(ValueError, match="share 1"):
+        mosaic.MosaicBatches(steps(), 1, offset=10)
+
+
+def test_with_mosaics_serves_patches_and_mosaics_through_the_patch_pipeline():
+    from tissueseg.data import PatchDataset
+
+    rgb, labels = _region()
+    df = _manifest(labels, 32)
+    scheme = _scheme()
+    patches = PatchDataset(df, scheme, SimpleNamespace(image={"r": rgb}.__getitem__), targets="masks",
+                           label_source={"r": labels}.__getitem__, normalize=((0.5,) * 3, (0.25,) * 3))
+    mosaics = mosaic.MosaicDataset(mosaic.single_label_sources(df, scheme), {"r": rgb}.__getitem__, size=32, tile=16,
+                                   seed=2)
+    ds = mosaic.WithMosaics(patches, mosaics)
+    for key in [(0, 0), (3, 1)]:  # patch keys: the patches' own samples
+        a, b = ds[key], patches[key]
+        torch.testing.assert_close(a["image"], b["image"])
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["labels"], b["labels"])
+    n = len(patches)
+    sample = ds[(n + 5, 0)]
+    image, mask = mosaics.arrays(5)  # mosaic key n + 5: mosaic 5, normalised like the patches
+    torch.testing.assert_close(sample["image"], (torch.from_numpy(image).permute(2, 0, 1) / 255.0 - 0.5) / 0.25)
+    np.testing.assert_array_equal(sample["mask"].numpy(), mask)
+    assert (_class_of(image) == mask).all() and sample["index"] == n + 5
+    assert sample["labels"].tolist() == [float(c in np.unique(mask)) for c in range(3)]
+    torch.testing.assert_close(pickle.loads(pickle.dumps(ds))[(n + 5, 0)]["image"], sample["image"])  # for workers

@@ -66,6 +66,10 @@ class CamConfig(_Section):
                                               "cost for about +0.01 mIoU on the bench)")
     gate: float | None = Field(None, gt=0, lt=1, description="class gate at prediction: a class the classifier "
                                                              "gives less than this in a window is not predicted")
+    mosaics: float = Field(0.0, ge=0, lt=1, description="share of every stage-2 batch made of mosaics of tiles of "
+                                                        "single-label patches, masks exact (PistoSeg); 0 = none")
+    mosaic_tile: int | None = Field(None, gt=0, description="px side of the mosaics' tiles; null = half the "
+                                                            "training window")
     local_gate: int | None = Field(128, gt=0, description="prediction multiplies every class's probability by the "
                                                           "classifier's that the class is in the px square around "
                                                           "the pixel (one classifier pass per window); null = off")

@@ -167,10 +167,6 @@ class PatchDataset(Dataset):
         i = int(i)
         region = self.cache.image(self.image_paths[i])
         x, y, w, h = self.window(i, region.shape[:2])
-        rgb = crop(region, x, y, w, h, fill=255)
-        if self.stain_normalizer is not None:
-            rgb = self.stain_normalizer(rgb)
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
         mask = None
         if self.targets == "masks":
             if self.label_source is not None:
@@ -179,14 +175,25 @@ class PatchDataset(Dataset):
                 source, labels = self.mask_paths[i], self.cache.labels(self.mask_paths[i], self.scheme)
             if labels.shape != region.shape[:2]:
                 raise io.InputError(source, f"mask {labels.shape} and image {region.shape[:2]} differ")
-            mask = torch.from_numpy(crop(labels, x, y, w, h, fill=IGNORE).astype(np.int64))
+            mask = crop(labels, x, y, w, h, fill=IGNORE)
+        return self.sample(crop(region, x, y, w, h, fill=255), mask, epoch, i,
+                           None if self.labels is None else self.labels[i])
+
+    def sample(self, rgb: np.ndarray, mask: np.ndarray | None, epoch: int, index: int,
+               labels: torch.Tensor | None = None) -> dict[str, torch.Tensor | int]:
+        """The sample of uint8 pixels ``rgb`` ``(H, W, 3)`` and class indices ``mask`` ``(H, W)``: stain-normalised,
+        augmented (drawn from ``epoch`` and ``index``) and normalised as every sample of this dataset."""
+        if self.stain_normalizer is not None:
+            rgb = self.stain_normalizer(rgb)
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+        target = None if mask is None else torch.from_numpy(np.asarray(mask).astype(np.int64))
         if self.augment is not None:
-            image, mask = self.augment(image, mask, epoch=epoch, index=i)
-        sample: dict[str, torch.Tensor | int] = {"image": (image - self.mean) / self.std, "index": i}
-        if mask is not None:
-            sample["mask"] = mask.contiguous()
-        if self.labels is not None:
-            sample["labels"] = self.labels[i]
+            image, target = self.augment(image, target, epoch=epoch, index=index)
+        sample: dict[str, torch.Tensor | int] = {"image": (image - self.mean) / self.std, "index": index}
+        if target is not None:
+            sample["mask"] = target.contiguous()
+        if labels is not None:
+            sample["labels"] = labels
         return sample
 
 

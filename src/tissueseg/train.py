@@ -513,6 +513,11 @@ def _loaders(cfg: TrainConfig, sup: Supervision, ctx: Context, preprocessing: Pr
     kw = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
               generator=torch.Generator().manual_seed(cfg.run.seed),
               worker_init_fn=_ignore_interrupts if cfg.data.workers else None)
+    mixed = sup.mosaics()
+    if mixed is not None:
+        from .weak.mosaic import MosaicBatches, WithMosaics
+
+        train_ds, sampler = WithMosaics(train_ds, mixed[0]), MosaicBatches(sampler, mixed[1], len(train_ds))
     loader = DataLoader(train_ds, batch_sampler=sampler, **kw)
     val_df = sup.val_df
     if val_df.empty:

@@ -19,6 +19,7 @@ from ..schemes import IGNORE, ClassScheme
 if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..data import RegionCache
+    from ..weak.mosaic import MosaicDataset
 
 
 @dataclass
@@ -81,6 +82,10 @@ class Supervision:
     def sampling_weights(self) -> np.ndarray:
         """Per-patch weights for ``data.balanced`` sampling."""
         return balanced_weights(self.ctx.train_df, self.ctx.scheme, self.balance_by)
+
+    def mosaics(self) -> tuple[MosaicDataset, float] | None:
+        """Mosaics mixed into every training batch and their share of it (None: the manifest's patches only)."""
+        return None
 
     def init_model(self, model: torch.nn.Module) -> None:
         """Set the starting weights of a newly built model (default: as built)."""

@@ -10,8 +10,9 @@ after Ctrl-C and runs under DDP):
    maps, fused over depths, normalised per class and restricted to each patch's labels (a
    single-label patch is labelled whole; :class:`~tissueseg.weak.cam.CamPseudoMasks`), and
    trains DeepLabv3+ on them with the cross-entropy. Its checkpoints carry flip test-time
-   augmentation and, with ``cam.gate``, the classifier as a class gate, which ``predict``
-   applies.
+   augmentation and the classifier as a local or window gate (``cam.local_gate``,
+   ``cam.gate``), which ``predict`` applies. With ``cam.mosaics``, that share of every batch
+   is mosaics of tiles of the single-label patches, masks exact (:mod:`tissueseg.weak.mosaic`).
 
 The manifest holds non-overlapping patches (``tile --size 256 --stride 256 --edge pad``)
 or a published patch-label dataset (``tile --layout``); only its ``label_<class>``
@@ -21,6 +22,7 @@ columns are read for training.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +32,9 @@ from ..data import label_columns
 from ..losses import LossSum, multilabel_sum
 from .base import Context, Supervision
 from .mil import MIL
+
+if TYPE_CHECKING:
+    from ..weak.mosaic import MosaicDataset
 
 CLASSIFIER_DIR = "classifier"
 """Where, under ``run.out``, stage 1 trains."""
@@ -83,6 +88,7 @@ class Cam(Supervision):
         if size is not None and stride is not None and int(stride) != int(size):
             raise ValueError(f"{ctx.cfg.data.manifest}: tiled with stride {stride} != size {size}; method cam "
                              "needs non-overlapping labelled patches (tile with stride = size, edge pad)")
+        self._mosaics = self._mosaic_data()  # checked before stage 1 trains
         stage1_cfg = classifier_config(ctx)
         restart = ctx.overwrite and not finished(stage1_cfg)  # a finished stage 1 of this config and data is kept
         if torch.distributed.is_initialized():
@@ -100,6 +106,26 @@ class Cam(Supervision):
 
     def class_counts(self) -> np.ndarray:
         return self.pseudo.pixel_counts(self.ctx.scheme.num_classes)
+
+    def mosaics(self) -> tuple[MosaicDataset, float] | None:
+        return self._mosaics
+
+    def _mosaic_data(self) -> tuple[MosaicDataset, float] | None:
+        """With ``cam.mosaics``: mosaics of ``cam.mosaic_tile`` px tiles of the single-label patches."""
+        from ..train import total_steps
+        from ..weak.mosaic import MosaicDataset, single_label_sources
+
+        cfg = self.ctx.cfg
+        if cfg.cam.mosaics == 0:
+            return None
+        tile = cfg.cam.mosaic_tile or self.patch_size // 2
+        try:
+            data = MosaicDataset(single_label_sources(self.ctx.train_df, self.ctx.scheme), self.ctx.cache.image,
+                                 size=self.patch_size, tile=tile, seed=cfg.run.seed,
+                                 length=total_steps(cfg, self.ctx.train_df) * cfg.run.batch_size)
+        except ValueError as e:
+            raise ValueError(f"{cfg.data.manifest}: cam.mosaics: {e} (single-label patches of the training split)") from e
+        return data, cfg.cam.mosaics
 
     def init_model(self, model: torch.nn.Module) -> None:
         """With ``cam.init_encoder``, stage 2's encoder starts from the stage-1 classifier's."""

@@ -10,20 +10,22 @@ known exactly. Its ablation (WSSS4LUAD) found small tiles best (32 px of 224).
 - :func:`pure_sources`: the ``tile``-sized windows of a label map (e.g. a pseudo-mask of
   :mod:`.cam`) that hold one class only, in the same form (tiles from mixed patches);
 - :class:`MosaicDataset`: ``{image, mask, index}`` samples like
-  :class:`~tissueseg.data.PatchDataset`, each a function of ``(seed, epoch, index)`` only.
+  :class:`~tissueseg.data.PatchDataset`, each a function of ``(seed, epoch, index)`` only;
+- :class:`WithMosaics` and :class:`MosaicBatches`: a share of every training batch made of
+  mosaics (method ``cam`` with ``cam.mosaics``), through the patches' own augmentation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .. import io
-from ..data import label_columns
+from ..data import Key, PatchDataset, StepSampler, label_columns
 from ..schemes import IGNORE, ClassScheme
 from .cam import white_pixels
 
@@ -154,3 +156,57 @@ class MosaicDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
         return {"image": (image - self.mean) / self.std, "mask": torch.from_numpy(mask.astype(np.int64)),
                 "index": int(i)}
+
+
+class WithMosaics(Dataset):
+    """The samples of ``patches`` (keys below ``len(patches)``) and mosaics (keys from there on).
+
+    A mosaic key ``(len(patches) + j, epoch)`` is mosaic ``j`` of ``mosaics`` (a function of
+    the mosaics' seed and ``j``), stain-normalised, augmented and normalised by
+    :meth:`PatchDataset.sample <tissueseg.data.PatchDataset.sample>` like every patch; its
+    ``labels`` (when the patches carry them) are the classes it shows.
+    """
+
+    def __init__(self, patches: PatchDataset, mosaics: MosaicDataset):
+        self.patches, self.mosaics = patches, mosaics
+
+    def __len__(self) -> int:
+        return len(self.patches) + len(self.mosaics)
+
+    def __getitem__(self, key: Key) -> dict[str, torch.Tensor | int]:
+        i, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        j = int(i) - len(self.patches)
+        if j < 0:
+            return self.patches[key]
+        rgb, mask = self.mosaics.arrays(j)
+        labels = None
+        if self.patches.labels is not None:
+            labels = torch.zeros(self.patches.labels.shape[1])
+            labels[np.unique(mask[mask != IGNORE]).astype(np.int64)] = 1.0
+        return self.patches.sample(rgb, mask, int(epoch), int(i), labels)
+
+
+class MosaicBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of a :class:`~tissueseg.data.StepSampler` with the last ``share`` of every global
+    batch made of mosaic keys of :class:`WithMosaics` (``offset`` = the number of patches).
+
+    The global batch's last ``round(share * batch)`` stream positions are mosaics; a mosaic
+    is numbered by its stream position, so the batches are a function of the seed and the
+    step only, for any number of processes and after a resume.
+    """
+
+    def __init__(self, steps: StepSampler, share: float, offset: int):
+        if not 0 <= share < 1:
+            raise ValueError(f"mosaic share {share} is not in [0, 1)")
+        self.steps, self.offset = steps, offset
+        self.mosaics = round(share * steps.batch_size)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        s, first = self.steps, self.steps.batch_size - self.mosaics
+        for step, keys in zip(range(s.start, s.stop), s):
+            positions = range(step * s.batch_size + s.rank, (step + 1) * s.batch_size, s.world)
+            yield [(self.offset + pos, 0) if pos - step * s.batch_size >= first else key
+                   for pos, key in zip(positions, keys)]
