@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from fitloop import crops, fit, mosaic_batches, predict_probs  # bench/fitloop.py
-from real_pseudo_masks import NAME, PATCH, SHARED, a0sk_labels, score
+from real_pseudo_masks import PATCH, SHARED, a0sk_labels, a0sk_region, table
 from tissueseg import io
 from tissueseg.checkpoint import load_predictor
 from tissueseg.models import ModelConfig, build_model, normalization
-from tissueseg.schemes import IGNORE, bcss_wsss4
+from tissueseg.schemes import IGNORE
 from tissueseg.weak import cam
 from tissueseg.weak.mosaic import MosaicDataset
 from tissueseg.weak.prototypes import prototype_scores
@@ -98,9 +98,7 @@ def main() -> None:
     start = time.perf_counter()
     fit(model, mosaic_batches(data, args.batch), loss, args.steps, norm, desc="mosaics")
     seconds = time.perf_counter() - start
-    region = SHARED / "bcss" / "region-a0sk"
-    rgb = io.read_image(region / "rgbs_colorNormalized" / f"{NAME}.png")
-    truth = bcss_wsss4().apply(io.read_mask(region / "masks" / f"{NAME}.png"))
+    rgb, truth = a0sk_region()
     corners, labels = a0sk_labels()
     probs = predict_probs(model, rgb, norm)
     rows = {"mosaic model alone": probs.argmax(0).numpy().astype(np.uint8),
@@ -124,16 +122,9 @@ def main() -> None:
         rows["cam pseudo-masks (default: prototypes)"] = cam.restrict_region(scores, corners, PATCH, labels)
         rows["mean of cam scores and mosaic probabilities, restricted"] = cam.restrict_region(
             (scores + probs) / 2, corners, PATCH, labels)
-    names = bcss_wsss4().names
     print(f"\nmosaics: {args.steps} steps x {args.batch}, tile {args.tile} px, seed {args.seed}, round 2 {args.round2} "
           f"steps; training {seconds:.0f} s")
-    print("| A0SK from 224 px patch labels | " + " | ".join(names) + " | mean TUM/STR/NEC | coverage |")
-    print("|---" * (len(names) + 3) + "|")
-    for name, mask in rows.items():
-        s = score(mask, truth)
-        print(f"| {name} | " + " | ".join(f"{s['iou'][n]:.3f}" for n in names)
-              + f" | {s['mean3']:.3f} | {s['coverage']:.3f} |")
-
+    print(table("A0SK from 224 px patch labels", rows, truth))
 
 if __name__ == "__main__":
     main()

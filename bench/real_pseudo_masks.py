@@ -56,6 +56,24 @@ def score(mask: np.ndarray, truth: np.ndarray) -> dict:
             "coverage": sc["coverage"]}
 
 
+def table(title: str, rows: dict[str, np.ndarray], truth: np.ndarray) -> str:
+    """A markdown table of each row's label map scored against ``truth``."""
+    names = bcss_wsss4().names
+    lines = [f"| {title} | " + " | ".join(names) + " | mean TUM/STR/NEC | coverage |", "|---" * (len(names) + 3) + "|"]
+    for name, mask in rows.items():
+        s = score(mask, truth)
+        lines.append(f"| {name} | " + " | ".join(f"{s['iou'][n]:.3f}" for n in names)
+                     + f" | {s['mean3']:.3f} | {s['coverage']:.3f} |")
+    return "\n".join(lines)
+
+
+def a0sk_region() -> tuple[np.ndarray, np.ndarray]:
+    """The A0SK region's pixels and its real mask in ``bcss-wsss4`` classes."""
+    region = SHARED / "bcss" / "region-a0sk"
+    rgb = io.read_image(region / "rgbs_colorNormalized" / f"{NAME}.png")
+    return rgb, bcss_wsss4().apply(io.read_mask(region / "masks" / f"{NAME}.png"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("classifier", type=Path)
@@ -68,9 +86,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    region = SHARED / "bcss" / "region-a0sk"
-    rgb = io.read_image(region / "rgbs_colorNormalized" / f"{NAME}.png")
-    truth = bcss_wsss4().apply(io.read_mask(region / "masks" / f"{NAME}.png"))
+    rgb, truth = a0sk_region()
     corners, labels = a0sk_labels()
     classifier = load_predictor(args.classifier)
     prep = classifier.preprocessing
@@ -88,13 +104,7 @@ def main() -> None:
         with torch.no_grad():
             local = classifier.model.local_presence(to_input(rgb[None], prep.mean, prep.std), args.gate_window)[0]
         rows[f"stage 2 with the local gate ({args.gate_window} px)"] = (probs * local).argmax(0).numpy().astype(np.uint8)
-    names = bcss_wsss4().names
-    print("| pseudo-masks from 224 px patch labels | " + " | ".join(names) + " | mean TUM/STR/NEC | coverage |")
-    print("|---" * (len(names) + 3) + "|")
-    for name, mask in rows.items():
-        s = score(mask, truth)
-        print(f"| {name} | " + " | ".join(f"{s['iou'][n]:.3f}" for n in names)
-              + f" | {s['mean3']:.3f} | {s['coverage']:.3f} |")
+    print(table("pseudo-masks from 224 px patch labels", rows, truth))
 
 
 if __name__ == "__main__":
