@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 from pathlib import Path
 
@@ -35,25 +34,20 @@ from real_pseudo_masks import PATCH, SHARED, a0sk_labels, a0sk_region, table
 from tissueseg import io
 from tissueseg.checkpoint import load_predictor
 from tissueseg.models import ModelConfig, build_model, normalization
-from tissueseg.schemes import IGNORE
+from tissueseg.data import label_columns
+from tissueseg.schemes import IGNORE, bcss_wsss4
 from tissueseg.weak import cam
-from tissueseg.weak.mosaic import MosaicDataset
+from tissueseg.weak.mosaic import MosaicDataset, single_label_sources
 from tissueseg.weak.prototypes import prototype_scores
+from tissueseg.weaklabels import read_weak_folder
 
 
-def training_patches(folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Paths, uint8 images ``(N, 224, 224, 3)`` and multi-hot ``[abcd]`` labels ``(N, 4)`` of a ``training/`` folder."""
-    paths = sorted(folder.glob("*.png"))
-    labels = np.array([[int(c) for c in re.search(r"\[([01]{4})\]$", p.stem).group(1)] for p in paths], np.uint8)
-    return [str(p) for p in paths], np.stack([io.read_image(p) for p in paths]), labels
-
-
-def single_label_sources(paths: list[str], images: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
-    """Source rectangles (whole patches) of the single-label patches."""
-    one = np.flatnonzero(labels.sum(axis=1) == 1)
-    h, w = images.shape[1:3]
-    return pd.DataFrame([(paths[i], 0, 0, w, h, int(labels[i].argmax())) for i in one],
-                        columns=["image_path", "x", "y", "w", "h", "class"])
+def training_patches(folder: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The table of a BCSS-WSSS ``training/`` folder (:func:`~tissueseg.weaklabels.read_weak_folder`), its
+    uint8 images ``(N, 224, 224, 3)`` and multi-hot ``[abcd]`` labels ``(N, 4)`` from the file names."""
+    df = read_weak_folder(folder, "bcss-wsss")
+    labels = df[label_columns(df, bcss_wsss4())].to_numpy(np.uint8)
+    return df, np.stack([io.read_image(p) for p in df["image_path"]]), labels
 
 
 def cam_scores(classifier: torch.nn.Module, rgb: np.ndarray, corners: np.ndarray, labels: np.ndarray,
@@ -81,13 +75,13 @@ def main() -> None:
     p.add_argument("--white", type=int, default=None, help="grey level above which mosaic pixels are ignored")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--round2", type=int, default=0, help="steps of a second round on all patches' pseudo-masks (0: none)")
-    p.add_argument("--classifier", type=Path, help="a cam stage-1 checkpoint: rows for its pseudo-masks and the product")
+    p.add_argument("--classifier", type=Path, help="a cam stage-1 checkpoint: rows for its pseudo-masks and the mean")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    paths, patches, patch_labels = training_patches(SHARED / "bcss-wsss-sample" / "training")
-    sources = single_label_sources(paths, patches, patch_labels)
-    images = dict(zip(paths, patches))
+    table_df, patches, patch_labels = training_patches(SHARED / "bcss-wsss-sample" / "training")
+    sources = single_label_sources(table_df, bcss_wsss4())
+    images = dict(zip(table_df["image_path"], patches))
     print("single-label patches per class:", sources["class"].value_counts().sort_index().to_dict())
     cfg = ModelConfig(weights="imagenet")
     norm = normalization(cfg)
@@ -125,6 +119,7 @@ def main() -> None:
     print(f"\nmosaics: {args.steps} steps x {args.batch}, tile {args.tile} px, seed {args.seed}, round 2 {args.round2} "
           f"steps; training {seconds:.0f} s")
     print(table("A0SK from 224 px patch labels", rows, truth))
+
 
 if __name__ == "__main__":
     main()

@@ -104,18 +104,19 @@ def test_balanced_patch_batches_favour_rare_classes():
 
 
 def test_real_mosaic_sources_are_the_single_label_patches(tmp_path):
-    from real_mosaics import single_label_sources, training_patches
+    from real_mosaics import training_patches
 
     from tissueseg import io
+    from tissueseg.schemes import bcss_wsss4
+    from tissueseg.weak.mosaic import single_label_sources
 
     flags = ["1000", "1100", "0001", "0000", "0110"]
     for i, f in enumerate(flags):
-        io.write_png(tmp_path / f"slide+{i}[{f}].png", np.full((6, 5, 3), 10 * i, np.uint8))
-    paths, images, labels = training_patches(tmp_path)
+        io.write_png(tmp_path / f"TCGA-A1-A0SK-DX1_xmin1_ymin2_MPP-0.2500+{i}[{f}].png", np.full((6, 5, 3), 10 * i, np.uint8))
+    df, images, labels = training_patches(tmp_path)
     assert images.shape == (5, 6, 5, 3) and labels.tolist() == [[int(c) for c in f] for f in flags]
-    assert [int(images[paths.index(str(tmp_path / f"slide+{i}[{f}].png")), 0, 0, 0]) for i, f in enumerate(flags)] \
-        == [0, 10, 20, 30, 40]  # each image with its own name's labels
-    src = single_label_sources(paths, images, labels)
+    assert images[:, 0, 0, 0].tolist() == [0, 10, 20, 30, 40]  # each image with its own name's labels
+    src = single_label_sources(df, bcss_wsss4())
     assert src["class"].tolist() == [0, 3]  # tumour, necrosis: the patches with one label
-    assert src["image_path"].tolist() == [str(tmp_path / "slide+0[1000].png"), str(tmp_path / "slide+2[0001].png")]
+    assert src["image_path"].tolist() == [df["image_path"][0], df["image_path"][2]]
     assert (src[["x", "y", "w", "h"]].to_numpy() == [0, 0, 5, 6]).all()
