@@ -513,7 +513,7 @@ def _loaders(cfg: TrainConfig, sup: Supervision, ctx: Context, preprocessing: Pr
     kw = dict(num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
               generator=torch.Generator().manual_seed(cfg.run.seed),
               worker_init_fn=_ignore_interrupts if cfg.data.workers else None)
-    mixed = sup.mosaics()
+    mixed = sup.mosaics
     if mixed is not None:
         from .weak.mosaic import MosaicBatches, WithMosaics
 

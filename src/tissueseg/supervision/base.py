@@ -58,6 +58,8 @@ class Supervision:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.label_source: Callable[[str], np.ndarray] | None = None
+        self.mosaics: tuple[MosaicDataset, float] | None = None
+        """Mosaics mixed into every training batch and their share of it (None: the manifest's patches only)."""
         self._loss = None
 
     @classmethod
@@ -82,10 +84,6 @@ class Supervision:
     def sampling_weights(self) -> np.ndarray:
         """Per-patch weights for ``data.balanced`` sampling."""
         return balanced_weights(self.ctx.train_df, self.ctx.scheme, self.balance_by)
-
-    def mosaics(self) -> tuple[MosaicDataset, float] | None:
-        """Mosaics mixed into every training batch and their share of it (None: the manifest's patches only)."""
-        return None
 
     def init_model(self, model: torch.nn.Module) -> None:
         """Set the starting weights of a newly built model (default: as built)."""

@@ -88,7 +88,7 @@ class Cam(Supervision):
         if size is not None and stride is not None and int(stride) != int(size):
             raise ValueError(f"{ctx.cfg.data.manifest}: tiled with stride {stride} != size {size}; method cam "
                              "needs non-overlapping labelled patches (tile with stride = size, edge pad)")
-        self._mosaics = self._mosaic_data()  # checked before stage 1 trains
+        self.mosaics = self._mosaic_data()  # checked before stage 1 trains
         stage1_cfg = classifier_config(ctx)
         restart = ctx.overwrite and not finished(stage1_cfg)  # a finished stage 1 of this config and data is kept
         if torch.distributed.is_initialized():
@@ -106,9 +106,6 @@ class Cam(Supervision):
 
     def class_counts(self) -> np.ndarray:
         return self.pseudo.pixel_counts(self.ctx.scheme.num_classes)
-
-    def mosaics(self) -> tuple[MosaicDataset, float] | None:
-        return self._mosaics
 
     def _mosaic_data(self) -> tuple[MosaicDataset, float] | None:
         """With ``cam.mosaics``: mosaics of ``cam.mosaic_tile`` px tiles of the single-label patches."""
