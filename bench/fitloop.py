@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tissueseg.weak import tta
-from tissueseg.weak.mosaic import MosaicDataset
+from tissueseg.weak.mosaic import Mosaics
 
 MAX_CLASSES = 62
 """Bit-coded label sets fit an int64 map: at most this many classes."""
@@ -210,8 +210,8 @@ def patch_batches(
         yield np.stack([_rot_flip(rng, patches[i])[0] for i in idx]), labels[idx].astype(np.float32)
 
 
-def mosaic_batches(dataset: MosaicDataset, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless batches ``(rgb, mask)`` of a :class:`~tissueseg.weak.mosaic.MosaicDataset`, keys 0, 1, 2, ..."""
+def mosaic_batches(dataset: Mosaics, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless batches ``(rgb, mask)`` of a :class:`~tissueseg.weak.mosaic.Mosaics`, keys 0, 1, 2, ..."""
     i = 0
     while True:
         pairs = [dataset.arrays(j % len(dataset), j // len(dataset)) for j in range(i, i + batch)]

@@ -51,7 +51,7 @@ from tissueseg.losses import multilabel
 from tissueseg.models.classifier import build_classifier
 from tissueseg.models.encoders import init_encoder
 from tissueseg.weak import cam
-from tissueseg.weak.mosaic import MosaicDataset, pure_sources
+from tissueseg.weak.mosaic import Mosaics, pure_sources
 
 MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "bcss" / "masks"
 Region = tuple[np.ndarray, np.ndarray]  # (rgb, class-index labels with 255 ignore)
@@ -260,7 +260,7 @@ class PatchLabelRun:
             return out, pm_scores(out, self.train, self.k, self.names), cost + Cost(seconds=time.perf_counter() - start)
         return self._once(("pseudo", size, key), make)
 
-    def mosaics(self, size: int, pseudo: list[Region] | None, seed: int) -> MosaicDataset:
+    def mosaics(self, size: int, pseudo: list[Region] | None, seed: int) -> Mosaics:
         """Mosaics of the single-label patches' pixels (and of one-class windows of ``pseudo``)."""
         a = self.args
         corners, labels, _, _ = self.patches(size)
@@ -276,7 +276,7 @@ class PatchLabelRun:
             sources = pd.concat([sources] + [pure_sources(pm, a.tile, str(r), a.tile // 2) for r, (_, pm) in enumerate(pseudo)],
                                 ignore_index=True)
         images = {str(r): rgb for r, (rgb, _) in enumerate(self.train)}
-        return MosaicDataset(sources, images.__getitem__, size=a.crop, tile=a.tile, length=10**9, seed=seed)
+        return Mosaics(sources, images.__getitem__, size=a.crop, tile=a.tile, length=10**9, seed=seed)
 
     def segmenter(self, base: str, size: int, opts: frozenset[str]) -> tuple[torch.nn.Module, dict, Cost]:
         """Stage 2: DeepLabv3+ with the cross-entropy on the pseudo-masks and/or mosaics.

@@ -2,7 +2,7 @@
 
 The 77 single-label patches of ``../shared/data/bcss-wsss-sample/training`` (labels from
 their file names only) are cut into ``--tile`` px squares and stitched into 224 px mosaics
-whose masks are exact (:class:`tissueseg.weak.mosaic.MosaicDataset`, classes drawn
+whose masks are exact (:class:`tissueseg.weak.mosaic.Mosaics`, classes drawn
 balanced); DeepLabv3+ learns from them for ``--steps`` x ``--batch``. Its prediction of
 ``bcss/region-a0sk`` (flip-averaged), alone and restricted to the ``[abcd]`` labels of the
 140 A0SK patches (the pseudo-masks PistoSeg trains its second round on), is scored against
@@ -37,7 +37,7 @@ from tissueseg.models import ModelConfig, build_model, normalization
 from tissueseg.data import label_columns
 from tissueseg.schemes import IGNORE, bcss_wsss4
 from tissueseg.weak import cam
-from tissueseg.weak.mosaic import MosaicDataset, single_label_sources
+from tissueseg.weak.mosaic import Mosaics, single_label_sources
 from tissueseg.weak.prototypes import prototype_scores
 from tissueseg.weaklabels import read_weak_folder
 
@@ -85,8 +85,8 @@ def main() -> None:
     print("single-label patches per class:", sources["class"].value_counts().sort_index().to_dict())
     cfg = ModelConfig(weights="imagenet")
     norm = normalization(cfg)
-    data = MosaicDataset(sources, images.__getitem__, size=PATCH, tile=args.tile, length=10**9, seed=args.seed,
-                         white=args.white)
+    data = Mosaics(sources, images.__getitem__, size=PATCH, tile=args.tile, length=10**9, seed=args.seed,
+                   white=args.white)
     torch.manual_seed(args.seed)
     model = build_model(cfg, 4)
     start = time.perf_counter()

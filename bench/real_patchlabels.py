@@ -37,7 +37,7 @@ from tissueseg.models import ModelConfig, build_model, normalization
 from tissueseg.models.classifier import build_classifier
 from tissueseg.schemes import IGNORE, bcss_wsss4
 from tissueseg.weak import cam
-from tissueseg.weak.mosaic import MosaicDataset, single_label_sources
+from tissueseg.weak.mosaic import Mosaics, single_label_sources
 from tissueseg.weak.pseudomask import pseudo_mask as grid_pseudo_mask
 from tissueseg.weaklabels import read_weak_folder, read_weak_mask
 
@@ -148,8 +148,8 @@ def run(args: argparse.Namespace) -> dict:
             streams.append(crops(list(zip(images, pms)), args.crop, args.batch - n_mosaic, args.seed))
         if n_mosaic:
             by_path = dict(zip(table["image_path"].astype(str), images))
-            ds = MosaicDataset(single, by_path.__getitem__, size=args.crop, tile=args.tile, length=10**9, seed=args.seed,
-                               white=options.white)
+            ds = Mosaics(single, by_path.__getitem__, size=args.crop, tile=args.tile, length=10**9, seed=args.seed,
+                         white=options.white)
             streams.append(mosaic_batches(ds, n_mosaic))
         torch.manual_seed(args.seed)
         model = build_model(ModelConfig(weights=args.weights), k)

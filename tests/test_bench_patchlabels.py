@@ -15,7 +15,7 @@ from fitloop import concat_batches, mosaic_batches, patch_batches  # noqa: E402
 from quality import labelled_patches, parse, pm_scores  # noqa: E402
 
 from tissueseg.schemes import IGNORE  # noqa: E402
-from tissueseg.weak.mosaic import MosaicDataset  # noqa: E402
+from tissueseg.weak.mosaic import Mosaics  # noqa: E402
 
 
 def test_patch_batches_keep_labels_and_are_deterministic():
@@ -36,7 +36,7 @@ def test_patch_batches_keep_labels_and_are_deterministic():
 def test_mosaic_and_crop_batches_concatenate():
     rgb = np.zeros((32, 32, 3), np.uint8)
     src = pd.DataFrame([("a", 0, 0, 32, 32, 1)], columns=["image_path", "x", "y", "w", "h", "class"])
-    ds = MosaicDataset(src, {"a": rgb}.__getitem__, size=16, tile=8, length=5, seed=0)
+    ds = Mosaics(src, {"a": rgb}.__getitem__, size=16, tile=8, length=5, seed=0)
     real = iter(lambda: (np.ones((3, 16, 16, 3), np.uint8), np.zeros((3, 16, 16), np.uint8)), None)
     x, y = next(concat_batches(real, mosaic_batches(ds, 2)))
     assert x.shape == (5, 16, 16, 3) and (y[:3] == 0).all() and (y[3:] == 1).all()

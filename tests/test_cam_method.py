@@ -169,14 +169,14 @@ def test_cam_mixes_mosaics_of_single_label_patches_into_stage_two(data, tmp_path
 
     root = data[0]
     drawn = []
-    arrays = mosaic.MosaicDataset.arrays
+    arrays = mosaic.Mosaics.arrays
 
     def spy(self, index, epoch=0):
         rgb, mask = arrays(self, index, epoch)
         drawn.append((self.size, self.tile, mask))
         return rgb, mask
 
-    monkeypatch.setattr(mosaic.MosaicDataset, "arrays", spy)
+    monkeypatch.setattr(mosaic.Mosaics, "arrays", spy)
     cam = {"classifier_steps": 1, "tta": "none", "prototypes": 0, "local_gate": None}
     train(_config(root / "patches", tmp_path / "w", "cam", 3, model={"weights": "none"}, cam={**cam, "mosaics": 0.5}),
           quiet=True)

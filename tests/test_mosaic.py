@@ -74,39 +74,24 @@ def test_pure_sources_hold_one_class_and_no_ignore():
 def test_mosaic_masks_are_exact_and_sampling_is_deterministic():
     rgb, labels = _region()
     src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())
-    ds = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=3)
+    ds = mosaic.Mosaics(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=3)
     image, mask = ds.arrays(4, epoch=1)
     np.testing.assert_array_equal(_class_of(image), mask)  # every pixel's colour is its mask's class
     assert len(np.unique(mask)) >= 2
-    again = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=3)
+    again = mosaic.Mosaics(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=3)
     np.testing.assert_array_equal(again.arrays(4, epoch=1)[0], image)
     assert not np.array_equal(ds.arrays(5, epoch=1)[0], image)
     assert not np.array_equal(ds.arrays(4, epoch=2)[0], image)
-    other = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=4)
+    other = mosaic.Mosaics(src, {"r": rgb}.__getitem__, size=64, tile=16, length=10, seed=4)
     assert not np.array_equal(other.arrays(4, epoch=1)[0], image)
 
 
 def test_balanced_mosaics_give_every_class_its_share():
     rgb, labels = _region()
     src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())  # blue: 2 of 10 sources
-    ds = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=40, seed=0)
+    ds = mosaic.Mosaics(src, {"r": rgb}.__getitem__, size=64, tile=16, length=40, seed=0)
     counts = np.bincount(np.concatenate([ds.arrays(i)[1].ravel() for i in range(40)]), minlength=3)
     assert (counts / counts.sum() > 0.25).all()
-
-
-def test_mosaic_dataset_samples_and_step_sampler_keys():
-    rgb, labels = _region()
-    src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())
-    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    ds = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=32, tile=16, length=6, seed=1, normalize=norm)
-    keys = next(iter(StepSampler(len(ds), 4, seed=0, start=2, stop=3)))
-    batch = [ds[k] for k in keys]
-    assert batch[0]["image"].shape == (3, 32, 32) and batch[0]["mask"].dtype == torch.int64
-    rgb0, mask0 = ds.arrays(*keys[0])
-    torch.testing.assert_close(batch[0]["image"], (torch.from_numpy(rgb0).permute(2, 0, 1) / 255.0 - 0.5) / 0.25)
-    np.testing.assert_array_equal(batch[0]["mask"].numpy(), mask0)
-    clone = pickle.loads(pickle.dumps(ds))
-    torch.testing.assert_close(clone[keys[1]]["image"], ds[keys[1]]["image"])
 
 
 def test_white_pixels_of_mosaics_are_ignored():
@@ -114,7 +99,7 @@ def test_white_pixels_of_mosaics_are_ignored():
     rgb = rgb.copy()
     rgb[:, :40] = 245  # the red class is glass-white
     src = mosaic.single_label_sources(_manifest(labels, 40), _scheme())
-    ds = mosaic.MosaicDataset(src, {"r": rgb}.__getitem__, size=64, tile=16, length=4, seed=0, white=200)
+    ds = mosaic.Mosaics(src, {"r": rgb}.__getitem__, size=64, tile=16, length=4, seed=0, white=200)
     image, mask = ds.arrays(0)
     assert ((mask == IGNORE) == (image.min(axis=-1) > 200)).all() and (mask == IGNORE).any()
 
@@ -122,7 +107,7 @@ def test_white_pixels_of_mosaics_are_ignored():
 def test_mosaic_refuses_sources_smaller_than_a_tile():
     src = pd.DataFrame([("r", 0, 0, 8, 8, 0)], columns=mosaic.SOURCE_COLUMNS)
     with pytest.raises(ValueError, match="at least 16x16"):
-        mosaic.MosaicDataset(src, {"r": np.zeros((8, 8, 3), np.uint8)}.__getitem__, size=32, tile=16)
+        mosaic.Mosaics(src, {"r": np.zeros((8, 8, 3), np.uint8)}.__getitem__, size=32, tile=16)
 
 
 def test_mosaic_batches_make_the_end_of_every_global_batch_mosaics():
@@ -150,7 +135,7 @@ def test_with_mosaics_serves_patches_and_mosaics_through_the_patch_pipeline():
     scheme = _scheme()
     patches = PatchDataset(df, scheme, SimpleNamespace(image={"r": rgb}.__getitem__), targets="masks",
                            label_source={"r": labels}.__getitem__, normalize=((0.5,) * 3, (0.25,) * 3))
-    mosaics = mosaic.MosaicDataset(mosaic.single_label_sources(df, scheme), {"r": rgb}.__getitem__, size=32, tile=16,
+    mosaics = mosaic.Mosaics(mosaic.single_label_sources(df, scheme), {"r": rgb}.__getitem__, size=32, tile=16,
                                    seed=2)
     ds = mosaic.WithMosaics(patches, mosaics)
     for key in [(0, 0), (3, 1)]:  # patch keys: the patches' own samples

@@ -19,7 +19,7 @@ from ..schemes import IGNORE, ClassScheme
 if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..data import RegionCache
-    from ..weak.mosaic import MosaicDataset
+    from ..weak.mosaic import Mosaics
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Supervision:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.label_source: Callable[[str], np.ndarray] | None = None
-        self.mosaics: tuple[MosaicDataset, float] | None = None
+        self.mosaics: tuple[Mosaics, float] | None = None
         """Mosaics mixed into every training batch and their share of it (None: the manifest's patches only)."""
         self._loss = None
 

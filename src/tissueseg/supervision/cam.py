@@ -34,7 +34,7 @@ from .base import Context, Supervision
 from .mil import MIL
 
 if TYPE_CHECKING:
-    from ..weak.mosaic import MosaicDataset
+    from ..weak.mosaic import Mosaics
 
 CLASSIFIER_DIR = "classifier"
 """Where, under ``run.out``, stage 1 trains."""
@@ -107,19 +107,19 @@ class Cam(Supervision):
     def class_counts(self) -> np.ndarray:
         return self.pseudo.pixel_counts(self.ctx.scheme.num_classes)
 
-    def _mosaic_data(self) -> tuple[MosaicDataset, float] | None:
+    def _mosaic_data(self) -> tuple[Mosaics, float] | None:
         """With ``cam.mosaics``: mosaics of ``cam.mosaic_tile`` px tiles of the single-label patches."""
         from ..train import total_steps
-        from ..weak.mosaic import MosaicDataset, single_label_sources
+        from ..weak.mosaic import Mosaics, single_label_sources
 
         cfg = self.ctx.cfg
         if cfg.cam.mosaics == 0:
             return None
         tile = cfg.cam.mosaic_tile or self.patch_size // 2
         try:
-            data = MosaicDataset(single_label_sources(self.ctx.train_df, self.ctx.scheme), self.ctx.cache.image,
-                                 size=self.patch_size, tile=tile, seed=cfg.run.seed,
-                                 length=total_steps(cfg, self.ctx.train_df) * cfg.run.batch_size)
+            data = Mosaics(single_label_sources(self.ctx.train_df, self.ctx.scheme), self.ctx.cache.image,
+                           size=self.patch_size, tile=tile, seed=cfg.run.seed,
+                           length=total_steps(cfg, self.ctx.train_df) * cfg.run.batch_size)
         except ValueError as e:
             raise ValueError(f"{cfg.data.manifest}: cam.mosaics: {e} (single-label patches of the training split)") from e
         return data, cfg.cam.mosaics

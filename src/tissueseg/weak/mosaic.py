@@ -9,15 +9,15 @@ known exactly. Its ablation (WSSS4LUAD) found small tiles best (32 px of 224).
   source rectangles ``(image_path, x, y, w, h, class)``;
 - :func:`pure_sources`: the ``tile``-sized windows of a label map (e.g. a pseudo-mask of
   :mod:`.cam`) that hold one class only, in the same form (tiles from mixed patches);
-- :class:`MosaicDataset`: ``{image, mask, index}`` samples like
-  :class:`~tissueseg.data.PatchDataset`, each a function of ``(seed, epoch, index)`` only;
+- :class:`Mosaics`: mosaics and their masks as uint8 arrays, each a function of
+  ``(seed, epoch, index)`` only;
 - :class:`WithMosaics` and :class:`MosaicBatches`: a share of every training batch made of
   mosaics (method ``cam`` with ``cam.mosaics``), through the patches' own augmentation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -112,20 +112,18 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]))
 
 
-class MosaicDataset(Dataset):
-    """``length`` mosaics of ``sources`` as samples ``{image (3, size, size) normalised, mask (size, size) long, index}``.
+class Mosaics:
+    """``length`` mosaics of ``sources``, each a function of ``(seed, epoch, index)`` only.
 
-    Keys are an index or ``(index, epoch)`` as for :class:`~tissueseg.data.PatchDataset`
-    (so :class:`~tissueseg.data.StepSampler` batches work); a sample depends only on
-    ``(seed, epoch, index)``. ``images(path)`` gives an image array (e.g.
+    :meth:`arrays` gives mosaic ``index`` of ``epoch`` as uint8 arrays; what makes them a
+    training sample (stain normalisation, augmentation, the network's normalisation) is the
+    patches' own pipeline (:class:`WithMosaics`). ``images(path)`` gives an image array (e.g.
     ``RegionCache.image``). ``white``: grey level above which mask pixels are
     :data:`IGNORE` (glass, for schemes without a background class; None: off).
     """
 
     def __init__(self, sources: pd.DataFrame, images: Callable[[str], np.ndarray], *, size: int = 128,
-                 tile: int = 32, length: int = 1000, seed: int = 0, balance: bool = True,
-                 normalize: tuple[Sequence[float], Sequence[float]] = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-                 white: int | None = None):
+                 tile: int = 32, length: int = 1000, seed: int = 0, balance: bool = True, white: int | None = None):
         missing = set(SOURCE_COLUMNS) - set(sources.columns)
         if missing:
             raise ValueError(f"mosaic sources lack columns {sorted(missing)}")
@@ -136,8 +134,6 @@ class MosaicDataset(Dataset):
         self.sources = sources.reset_index(drop=True)
         self.images, self.size, self.tile, self.length = images, size, tile, length
         self.seed, self.balance, self.white = seed, balance, white
-        self.mean = torch.tensor(normalize[0], dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(normalize[1], dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return self.length
@@ -150,13 +146,6 @@ class MosaicDataset(Dataset):
             mask[white_pixels(rgb, self.white)] = IGNORE
         return rgb, mask
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
-        i, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
-        rgb, mask = self.arrays(int(i), int(epoch))
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
-        return {"image": (image - self.mean) / self.std, "mask": torch.from_numpy(mask.astype(np.int64)),
-                "index": int(i)}
-
 
 class WithMosaics(Dataset):
     """The samples of ``patches`` (keys below ``len(patches)``) and mosaics (keys from there on).
@@ -167,7 +156,7 @@ class WithMosaics(Dataset):
     ``labels`` (when the patches carry them) are the classes it shows.
     """
 
-    def __init__(self, patches: PatchDataset, mosaics: MosaicDataset):
+    def __init__(self, patches: PatchDataset, mosaics: Mosaics):
         self.patches, self.mosaics = patches, mosaics
 
     def __len__(self) -> int:
