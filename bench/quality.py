@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from tissueseg import io, tiling
+from tissueseg.config import CamConfig
 from tissueseg.losses import build_loss, cross_entropy
 from tissueseg.metrics import confusion_matrix, scores
 from tissueseg.models import ModelConfig, build_model, encoders, normalization
@@ -145,7 +146,8 @@ model's label-restricted predictions on the real patches). Options:
   (``-log sum_{k in L} p_k``, which is never wrong: it trains the pixels ``margin`` ignores), ``wce``
   the cross-entropy weighted by median frequency over the pseudo-masks' pixels;
 - prediction: ``gate`` class gate of the classifier per patch, ``lgate`` the segmenter's probabilities
-  times the classifier's local presence of each class (``--gate-window`` px around each pixel), ``la`` the
+  times the classifier's local presence of each class (``--gate-window`` px around each pixel) to the
+  power ``--gate-power`` (as ``cam.local_gate`` and ``cam.local_gate_power``), ``la`` the
   probabilities divided by each class's share of the pseudo-masks' pixels to the power ``--la-tau`` (logit
   adjustment, Menon et al. 2021),
   ``notta`` no flip TTA, ``stage1`` the
@@ -338,7 +340,7 @@ class PatchLabelRun:
             classifier = self.classifier(size, "bal" in opts)[0]
             with torch.no_grad():
                 local = classifier.eval().local_presence(to_input(rgb[None], *self.norm), self.args.gate_window)[0]
-            probs = probs * local
+            probs = probs * local ** self.args.gate_power
         if "la" in opts:
             probs = probs / self.prior(size, opts)[:, None, None] ** self.args.la_tau
         if "gate" in opts:
@@ -429,7 +431,7 @@ def run(args: argparse.Namespace) -> dict:
             "steps": args.steps, "batch": args.batch, "cls_steps": args.cls_steps, "cls_stride": args.cls_stride,
             "crop": args.crop, "budget_samples": args.steps * args.batch, "train_regions": args.train_regions,
             "test_regions": args.test_regions, "region_size": args.region_size, "weights": args.weights,
-            "gate": args.gate, "gate_window": args.gate_window, "la_tau": args.la_tau, "set_weight": args.set_weight, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
+            "gate": args.gate, "gate_window": args.gate_window, "gate_power": args.gate_power, "la_tau": args.la_tau, "set_weight": args.set_weight, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
             "gf_eps": args.gf_eps, "layouts": layouts, "data_s": data_s, "methods": results}
 
 
@@ -451,7 +453,7 @@ def table(res: dict) -> str:
                  f"{res['cls_steps']} classifier steps x batch {res['batch']} of P px (counted in samples, Mpx, "
                  f"train s); {res['train_regions']} training / {res['test_regions']} "
                  f"held-out regions of {res['region_size']} px; layouts {res['layouts']}; scheme {res['scheme']}; "
-                 f"encoder weights {res['weights']}.")
+                 f"encoder weights {res['weights']}; +lgate: {res['gate_window']} px, power {res['gate_power']:g}.")
     return "\n".join(lines)
 
 
@@ -473,7 +475,10 @@ def main() -> None:
     p.add_argument("--cls-steps", type=int, default=150, help="stage-1 classifier steps (patch-label methods)")
     p.add_argument("--cls-stride", type=int, default=16, choices=[8, 16, 32], help="classifier output stride")
     p.add_argument("--gate", type=float, default=0.5, help="class gate threshold (+gate, +stage1)")
-    p.add_argument("--gate-window", type=int, default=128, help="window of the local class presence (+lgate)")
+    p.add_argument("--gate-window", type=int, default=CamConfig().local_gate,
+                   help="window of the local class presence (+lgate; default: cam.local_gate)")
+    p.add_argument("--gate-power", type=float, default=CamConfig().local_gate_power,
+                   help="power of the local class presence (+lgate; default: cam.local_gate_power)")
     p.add_argument("--tile", type=int, default=32, help="mosaic tile side (px)")
     p.add_argument("--mosaic-mix", type=float, default=0.5, help="share of mosaics in stage-2 batches (+mosaic)")
     p.add_argument("--min-score", type=float, default=0.2, help="CAM score under which pixels are ignored (+min)")

@@ -10,7 +10,7 @@ ignored) beside the label grid's pseudo-masks from the same labels; with ``--seg
 the stage-2 model's prediction of the region (flip-averaged), alone, restricted to each
 patch's labels, and with the classifier's local gate (as ``cam.local_gate`` applies it). Prints a table.
 
-Run: python bench/real_pseudo_masks.py CLASSIFIER.pt [--tta flip] [--refine 0] [--prototypes 3] [--segmenter LAST.pt] [--gate-window 128]
+Run: python bench/real_pseudo_masks.py CLASSIFIER.pt [--tta flip] [--refine 0] [--prototypes 3] [--segmenter LAST.pt] [--gate-window 64] [--gate-power 4]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from fitloop import predict_probs, to_input  # bench/fitloop.py
 from tissueseg import io
 from tissueseg.checkpoint import load_predictor
+from tissueseg.config import CamConfig
 from tissueseg.metrics import confusion_matrix, scores
 from tissueseg.schemes import bcss_wsss4
 from tissueseg.weak import cam
@@ -82,7 +83,10 @@ def main() -> None:
     p.add_argument("--prototypes", type=int, default=3, help="iterations of image-specific prototypes (0: none)")
     p.add_argument("--segmenter", type=Path, help="a stage-2 checkpoint (<out>/last.pt): rows for its prediction "
                                                    "of the region, alone and restricted to the patch labels")
-    p.add_argument("--gate-window", type=int, default=128, help="window of the local gate row (px)")
+    p.add_argument("--gate-window", type=int, default=CamConfig().local_gate,
+                   help="window of the local gate row (px; default: cam.local_gate)")
+    p.add_argument("--gate-power", type=float, default=CamConfig().local_gate_power,
+                   help="power of the local gate row's probabilities (default: cam.local_gate_power)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,7 +107,8 @@ def main() -> None:
         rows["stage 2 restricted to the labels"] = cam.restrict_region(probs, corners, PATCH, labels)
         with torch.no_grad():
             local = classifier.model.local_presence(to_input(rgb[None], prep.mean, prep.std), args.gate_window)[0]
-        rows[f"stage 2 with the local gate ({args.gate_window} px)"] = (probs * local).argmax(0).numpy().astype(np.uint8)
+        rows[f"stage 2 with the local gate ({args.gate_window} px, power {args.gate_power:g})"] = (
+            probs * local ** args.gate_power).argmax(0).numpy().astype(np.uint8)
     print(table("pseudo-masks from 224 px patch labels", rows, truth))
 
 

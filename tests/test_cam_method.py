@@ -18,7 +18,7 @@ import torch
 
 from tissueseg import io, synth
 from tissueseg.checkpoint import load_predictor, read_checkpoint
-from tissueseg.config import TrainConfig
+from tissueseg.config import CamConfig, TrainConfig
 from tissueseg.manifest import load_manifest, tile_dataset
 from tissueseg.models import encoders
 from tissueseg.metrics import confusion_matrix, scores
@@ -76,7 +76,8 @@ def test_cam_beats_sigmoid_max_from_the_labels_of_the_same_patches(data, tmp_pat
                 quiet=True)
     mil = train(_config(root / "patches", tmp_path / "mil", "mil", STAGE1 + STAGE2, loss={"name": "sigmoid-max"},
                         model={"arch": "fcn"}), quiet=True)
-    assert load_predictor(cam.best).inference.gate_window == 128  # the local gate is on by default
+    inference = load_predictor(cam.best).inference  # the local gate is on by default
+    assert (inference.gate_window, inference.gate_power) == (CamConfig().local_gate, CamConfig().local_gate_power)
     cam_miou, baseline = _miou(cam.best, held), _miou(mil.best, held)
     print(f"cam {cam_miou:.3f}, sigmoid-max {baseline:.3f}")
     assert cam_miou > baseline + 0.1, (cam_miou, baseline)
@@ -137,7 +138,7 @@ def test_stage_one_config_ignores_the_pseudo_mask_and_prediction_options(tmp_pat
     base = stage1(classifier_steps=3)
     assert base == stage1(classifier_steps=3, prototypes=0, tta="d4", gate=0.4, local_gate=None, refine_radius=4,
                           flip_tta=True)
-    assert base == stage1(classifier_steps=3, local_gate=64)
+    assert base == stage1(classifier_steps=3, local_gate=32, local_gate_power=2.0, mosaics=0.5)
     assert base["run"]["steps"] == 3 and base["model"]["arch"] == "classifier"
     assert base != stage1(classifier_steps=4) and base != stage1(classifier_steps=3, balanced=False)
 

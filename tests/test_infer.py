@@ -418,3 +418,17 @@ def test_the_local_gate_of_a_checkpoint_weighs_each_pixel_by_the_classifier_arou
     torch.testing.assert_close(p, expected / expected.sum(1, keepdim=True))
     assert float(p[:, 2].max()) < 0.01 and float(p[:, 1, :, 24:].max()) < 0.01
     torch.testing.assert_close(p[:, 0] / p[:, 3], plain[:, 0] / plain[:, 3])
+
+    class Even(torch.nn.Module):  # classes 0 and 1 equally likely (0.5) everywhere, the others certain
+        def local_presence(self, x, window):
+            presence = torch.ones((len(x), 5, *x.shape[-2:]))
+            presence[:, :2] = 0.5
+            return presence
+
+    strong = Predictor(tiny.model, tiny.scheme, tiny.preprocessing, tiny.config,
+                       Inference(gate={"model": {}, "config": {}}, gate_window=16, gate_power=3.0), gate=Even())
+    expected = plain * Even().local_presence(x, 16) ** 3  # classes 0 and 1 weighed 1/8 against the others
+    torch.testing.assert_close(strong.probabilities(x), expected / expected.sum(1, keepdim=True))
+    assert strong.fingerprint() != Predictor(tiny.model, tiny.scheme, tiny.preprocessing, tiny.config,
+                                             Inference(gate={"model": {}, "config": {}}, gate_window=16),
+                                             gate=Even()).fingerprint()

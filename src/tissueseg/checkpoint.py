@@ -58,13 +58,15 @@ class Inference:
     patch classifier's state dict and config). With ``gate_window`` None a class whose
     probability in a window is below ``gate_threshold`` is not predicted there; with
     ``gate_window`` px every class's probability is multiplied by the classifier's that the
-    class is in the ``gate_window`` px around the pixel (the *local gate*,
-    :meth:`~tissueseg.models.classifier.PatchClassifier.local_presence`)."""
+    class is in the ``gate_window`` px around the pixel, raised to ``gate_power`` (the *local
+    gate*, :meth:`~tissueseg.models.classifier.PatchClassifier.local_presence`; a power above 1
+    trusts the classifier more)."""
 
     flip_tta: bool = False
     gate: dict[str, Any] | None = field(default=None, repr=False)
     gate_threshold: float = 0.5
     gate_window: int | None = None
+    gate_power: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,10 +108,12 @@ class Predictor:
         preprocessing, flip TTA and the class gate (see :mod:`tissueseg.fingerprint`)."""
         from .fingerprint import key, weights_hash
 
+        inf = self.inference
         gate = weights_hash(self.gate) if self.gate is not None else None
+        power = [inf.gate_power] if gate and inf.gate_window is not None and inf.gate_power != 1 else []
         return key(weights_hash(self.model), self.scheme.to_dict(), self.preprocessing.to_dict(),
-                   self.inference.flip_tta, gate, self.inference.gate_threshold if gate else None,
-                   self.inference.gate_window if gate else None)
+                   inf.flip_tta, gate, inf.gate_threshold if gate else None,
+                   inf.gate_window if gate else None, *power)  # power 1 (as before it existed): the same key
 
     def to(self, device: str | torch.device) -> Predictor:
         """Move the model (and the gate) to ``device``; returns self."""
@@ -151,9 +155,10 @@ class Predictor:
 
     def _gate_weights(self, x: torch.Tensor) -> torch.Tensor:
         """What the class gate multiplies the probabilities by: the local gate's ``(N, K, H, W)``
-        probabilities, or the window gate's ``(N, K, 1, 1)`` 0/1 (a window it calls empty keeps every class)."""
+        probabilities to ``gate_power``, or the window gate's ``(N, K, 1, 1)`` 0/1 (a window it calls
+        empty keeps every class)."""
         if self.inference.gate_window is not None:
-            return self.gate.local_presence(x, self.inference.gate_window).float()
+            return self.gate.local_presence(x, self.inference.gate_window).float() ** self.inference.gate_power
         present = torch.sigmoid(self.gate(x).float()) >= self.inference.gate_threshold  # (N, K)
         present |= ~present.any(1, keepdim=True)
         return present[:, :, None, None].float()

@@ -70,9 +70,11 @@ class CamConfig(_Section):
                                                         "single-label patches, masks exact (PistoSeg); 0 = none")
     mosaic_tile: int | None = Field(None, gt=0, description="px side of the mosaics' tiles; null = half the "
                                                             "training window")
-    local_gate: int | None = Field(128, gt=0, description="prediction multiplies every class's probability by the "
-                                                          "classifier's that the class is in the px square around "
-                                                          "the pixel (one classifier pass per window); null = off")
+    local_gate: int | None = Field(64, gt=0, description="prediction multiplies every class's probability by the "
+                                                         "classifier's that the class is in the px square around "
+                                                         "the pixel (one classifier pass per window); null = off")
+    local_gate_power: float = Field(4.0, gt=0, description="the local gate's probabilities are raised to this "
+                                                           "power (above 1: the classifier counts more)")
 
     @model_validator(mode="after")
     def _one_gate(self) -> CamConfig:

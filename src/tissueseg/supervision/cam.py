@@ -141,5 +141,6 @@ class Cam(Supervision):
         gate = {"model": {k: v.detach().cpu() for k, v in self.classifier.state_dict().items()},
                 "config": self.classifier_config}
         if cam.local_gate is not None:
-            return Inference(flip_tta=cam.flip_tta, gate=gate, gate_window=cam.local_gate)
+            return Inference(flip_tta=cam.flip_tta, gate=gate, gate_window=cam.local_gate,
+                             gate_power=cam.local_gate_power)
         return Inference(flip_tta=cam.flip_tta, gate=gate, gate_threshold=cam.gate)
