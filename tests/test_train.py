@@ -234,10 +234,12 @@ def test_resume_after_ctrl_c_or_a_crash_gives_the_same_run(tiles, tmp_path, monk
 
 def test_a_field_added_by_a_later_version_differs_only_when_set_away_from_its_default():
     new = load_config(None, ["cam.classifier_steps=5"]).to_dict()
-    old = {**new, "cam": {k: v for k, v in new["cam"].items() if k not in ("init_encoder", "local_gate")}}
+    later = ("init_encoder", "local_gate", "local_gate_power")
+    old = {**new, "cam": {k: v for k, v in new["cam"].items() if k not in later}}
     assert config_differences(old, new) == []  # an older run resumes (e.g. a finished stage 1)
-    assert config_differences(old, load_config(None, ["cam.classifier_steps=5", "cam.local_gate=64"]).to_dict()) == [
-        "cam.local_gate"]
+    assert config_differences(old, load_config(None, ["cam.classifier_steps=5", "cam.local_gate=32",
+                                                      "cam.local_gate_power=2"]).to_dict()) == [
+        "cam.local_gate", "cam.local_gate_power"]
     assert config_differences(new, {**new, "run": {**new["run"], "steps": 7, "checkpoint_every": 3}}) == ["run.steps"]
 
 
