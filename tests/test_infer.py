@@ -256,16 +256,22 @@ def test_predict_files_skips_bad_input(tmp_path: Path) -> None:
     assert len(result.ok) == 1 and len(result.skipped) == 1 and "bad_MPP-0.5000.png" in result.skipped[0][1]
 
 
-def checkpoint(path: Path) -> Path:
-    """A small FCN checkpoint (random weights) for bcss5 at 0.5 µm/px, 64 px windows."""
-    from tissueseg.checkpoint import save_checkpoint
+def checkpoint(path: Path, gate: dict | None = None) -> Path:
+    """A small FCN checkpoint (random weights) for bcss5 at 0.5 µm/px, 64 px windows; ``gate``: the
+    :class:`~tissueseg.checkpoint.Inference` fields of a class gate (a patch classifier of random weights)."""
+    from tissueseg.checkpoint import Inference, save_checkpoint
     from tissueseg.models import ModelConfig, build_model
 
     config = {"model": {"arch": "fcn", "encoder": "resnet18", "weights": "none"}}
     torch.manual_seed(0)
     model = build_model(ModelConfig.model_validate(config["model"]), 5)
+    inference = None
+    if gate is not None:
+        classifier = {"model": {"arch": "classifier", "encoder": "tf_efficientnet_lite0", "weights": "none"}}
+        state = build_model(ModelConfig.model_validate(classifier["model"]), 5).state_dict()
+        inference = Inference(gate={"model": state, "config": classifier}, **gate)
     save_checkpoint(path, model=model, config=config, scheme=bcss5(),
-                    preprocessing=Preprocessing(0.5, 64, (0.5,) * 3, (0.25,) * 3))
+                    preprocessing=Preprocessing(0.5, 64, (0.5,) * 3, (0.25,) * 3), inference=inference)
     return path
 
 
@@ -340,6 +346,62 @@ def test_cli_predict(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"broken")  # a batch with a bad input ends with exit code 3
     res = runner.invoke(main, [*args, str(tmp_path / "bad.png"), "--mpp", "0.5", "--tissue-detection", "off"])
     assert res.exit_code == 3 and "skipped" in res.output and "bad.png" in res.output
+
+
+def test_inference_changes_keep_what_they_do_not_name_and_refuse_a_gate_the_model_lacks() -> None:
+    from tissueseg.checkpoint import Inference, InferenceChanges
+
+    gate = {"model": {}, "config": {}}
+    local = Inference(flip_tta=True, gate=gate, gate_window=64, gate_power=4.0)
+    assert InferenceChanges().apply(local) == local
+    assert InferenceChanges(flip_tta=False).apply(local) == Inference(False, gate, gate_window=64, gate_power=4.0)
+    assert InferenceChanges(gate_power=2.0).apply(local) == Inference(True, gate, gate_window=64, gate_power=2.0)
+    assert InferenceChanges(gate_window=128).apply(local) == Inference(True, gate, gate_window=128, gate_power=4.0)
+    assert InferenceChanges(gate_power=0.0).apply(local) == Inference(flip_tta=True)  # power 0: no gate
+    window = Inference(gate=gate, gate_threshold=0.3)  # cam.gate: one gate per prediction window
+    assert InferenceChanges(gate_window=32).apply(window) == Inference(gate=gate, gate_threshold=0.3, gate_window=32)
+    with pytest.raises(ValueError, match="window gate"):
+        InferenceChanges(gate_power=2.0).apply(window)
+    assert InferenceChanges(flip_tta=True).apply(Inference()) == Inference(flip_tta=True)
+    with pytest.raises(ValueError, match="no class gate"):
+        InferenceChanges(gate_power=2.0).apply(Inference())
+    with pytest.raises(ValueError, match="must be 0"):
+        InferenceChanges(gate_power=-1.0)
+
+
+def test_predict_changes_the_class_gate_of_a_checkpoint_without_retraining(tmp_path: Path) -> None:
+    from tissueseg.checkpoint import InferenceChanges, load_predictor
+    from tissueseg.cli import main
+
+    gated = checkpoint(tmp_path / "gated.pt", gate={"gate_window": 32, "gate_power": 4.0})
+    x = load_predictor(gated).preprocess(torch.from_numpy(texture(64, 64)[None]))
+    plain = torch.softmax(load_predictor(checkpoint(tmp_path / "plain.pt")).model(x), 1).detach()
+    for changes, window, power in [(None, 32, 4.0), (InferenceChanges(gate_power=1.0), 32, 1.0),
+                                   (InferenceChanges(gate_window=16, gate_power=2.0), 16, 2.0)]:
+        p = load_predictor(gated, changes=changes)
+        expected = plain * p.gate.local_presence(x, window) ** power
+        torch.testing.assert_close(p.probabilities(x), expected / expected.sum(1, keepdim=True))
+    ungated = load_predictor(gated, changes=InferenceChanges(gate_power=0.0))
+    assert ungated.gate is None
+    torch.testing.assert_close(ungated.probabilities(x), plain)
+    assert len({load_predictor(gated, changes=c).fingerprint() for c in (
+        None, InferenceChanges(gate_power=1.0), InferenceChanges(gate_window=16), InferenceChanges(flip_tta=True))}) == 4
+
+    path = region(tmp_path, texture(64, 96), "img_MPP-0.5000.png")
+    runner = CliRunner()
+    args = ["predict", str(path), "--tissue-detection", "off", "-q"]
+    res = runner.invoke(main, [*args, "--model", str(gated), "--out", str(tmp_path / "a"), "--gate-power", "0"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, [*args, "--model", str(tmp_path / "plain.pt"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "img_MPP-0.5000" / "labels.png")),
+                          np.asarray(Image.open(tmp_path / "b" / "img_MPP-0.5000" / "labels.png")))
+    res = runner.invoke(main, [*args, "--model", str(gated), "--out", str(tmp_path / "a"), "--gate-power", "2"])
+    assert res.exit_code == 1 and "summary.json: exists and was made from other" in res.output  # another gate
+    res = runner.invoke(main, [*args, "--model", str(tmp_path / "plain.pt"), "--out", str(tmp_path / "c"),
+                               "--gate-window", "64", "--workers", "2"])
+    assert res.exit_code == 1 and f"{tmp_path / 'plain.pt'}: the model has no class gate to change" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
 
 
 def test_a_window_the_model_cannot_take_is_refused_before_any_work() -> None:

@@ -10,7 +10,7 @@ model with ``weights="none"``, so it needs neither the network nor the training 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,42 @@ class Inference:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class InferenceChanges:
+    """What prediction may change of a checkpoint's :class:`Inference` (None: as the checkpoint says).
+
+    ``gate_window``: the local gate's window in px (a window gate, ``cam.gate``, becomes a
+    local gate, at power 1 unless ``gate_power`` says); ``gate_power``: the local gate's
+    power, 0 for no gate. Both need a checkpoint with a class gate.
+    """
+
+    flip_tta: bool | None = None
+    gate_window: int | None = None
+    gate_power: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.gate_window is not None and self.gate_window < 1:
+            raise ValueError(f"gate window {self.gate_window}: must be at least 1 px")
+        if self.gate_power is not None and self.gate_power < 0:
+            raise ValueError(f"gate power {self.gate_power}: must be 0 (no gate) or more")
+
+    def apply(self, inference: Inference) -> Inference:
+        """``inference`` with these changes; ``ValueError`` if it has no gate they could change."""
+        flip_tta = inference.flip_tta if self.flip_tta is None else self.flip_tta
+        if self.gate_window is None and self.gate_power is None:
+            return replace(inference, flip_tta=flip_tta)
+        if inference.gate is None:
+            raise ValueError("the model has no class gate to change (it was trained without cam.local_gate)")
+        if self.gate_power == 0:
+            return Inference(flip_tta=flip_tta)
+        window = self.gate_window or inference.gate_window
+        if window is None:
+            raise ValueError("the model's class gate is a window gate (cam.gate): "
+                             "a gate power needs a local gate window too")
+        power = inference.gate_power if self.gate_power is None else self.gate_power
+        return replace(inference, flip_tta=flip_tta, gate_window=window, gate_power=power)
 
 
 class Predictor:
@@ -214,6 +250,16 @@ def read_checkpoint(path: str | Path) -> dict:
     return data
 
 
+def checkpoint_inference(path: str | Path, data: dict, changes: InferenceChanges | None = None) -> Inference:
+    """The :class:`Inference` of checkpoint ``data`` read from ``path``, with ``changes``
+    (:class:`~tissueseg.io.InputError` naming ``path`` when it cannot take them)."""
+    inference = Inference(**data["inference"])
+    try:
+        return inference if changes is None else changes.apply(inference)
+    except ValueError as exc:
+        raise io.InputError(path, str(exc)) from None
+
+
 def _rebuild(path: Path, state: dict, config: dict, scheme: ClassScheme) -> torch.nn.Module:
     model_cfg, num_classes, bg = model_args(config, scheme)
     model = build_model(model_cfg.model_copy(update={"weights": "none"}), num_classes, background_index=bg)
@@ -224,13 +270,15 @@ def _rebuild(path: Path, state: dict, config: dict, scheme: ClassScheme) -> torc
     return model.eval()
 
 
-def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-    """Rebuild the trained model (eval mode, channels_last, on ``device``) from a checkpoint."""
+def load_predictor(path: str | Path, device: str | torch.device = "cpu",
+                   changes: InferenceChanges | None = None) -> Predictor:
+    """Rebuild the trained model (eval mode, channels_last, on ``device``) from a checkpoint,
+    with ``changes`` to what prediction adds (:class:`InferenceChanges`)."""
     path = Path(path)
     data = read_checkpoint(path)
     scheme = scheme_from_dict(data["scheme"], source=str(path))
+    inference = checkpoint_inference(path, data, changes)
     model = _rebuild(path, data["model"], data["config"], scheme)
-    inference = Inference(**data["inference"])
     gate = None
     if inference.gate is not None:
         gate = _rebuild(path, inference.gate["model"], inference.gate["config"], scheme)

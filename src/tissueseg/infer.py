@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ from . import export, fingerprint, io
 from .batch import BatchResult, run_batch
 from .schemes import IGNORE, ClassScheme, scheme_from_dict
 from .slide import SlideReader, open_image, plan_read, read_at, require_mpp, target_size, tissue_mask
+
+if TYPE_CHECKING:
+    from .checkpoint import InferenceChanges
 
 THUMB_MAX = 2048
 """Longest side of the thumbnail that tissue detection runs on."""
@@ -546,6 +549,7 @@ def predict_files(
     scheduler: str | None = None,
     device: str | torch.device = "auto",
     scheme: ClassScheme | None = None,
+    changes: InferenceChanges | None = None,
     quiet: bool = False,
     **kwargs: Any,
 ) -> BatchResult[PredictionResult]:
@@ -556,26 +560,32 @@ def predict_files(
     ``scheduler`` it must be a path: the tasks carry the path, never the weights, and each
     worker process loads the model once (on ``device``) for all its inputs; this process
     loads nothing onto a device. ``scheme`` gives the outputs other class names and
-    colours (same number of classes as the model).
+    colours (same number of classes as the model). ``changes``: what to change of the
+    checkpoint's flip TTA and class gate (:class:`~tissueseg.checkpoint.InferenceChanges`;
+    ``model`` must then be a path).
     """
+    if changes is not None and not isinstance(model, (str, Path)):
+        raise ValueError("changes to the inference need the checkpoint path, not a loaded model")
     fingerprint.unique_stems(paths)
-    io.check_output_dir(out)
     pool = workers > 1 or scheduler is not None
     settings = dict(out_dir=out, device=device, quiet=quiet or pool, **kwargs)
     if pool:
         if not isinstance(model, (str, Path)):
             raise ValueError("predicting with several workers needs the checkpoint path, not a loaded model")
-        from .checkpoint import read_checkpoint
+        from .checkpoint import checkpoint_inference, read_checkpoint
 
-        _check_scheme(scheme, scheme_from_dict(read_checkpoint(model)["scheme"]).num_classes)  # fail once, here
+        data = read_checkpoint(model)  # what the checkpoint cannot take fails once, here
+        _check_scheme(scheme, scheme_from_dict(data["scheme"]).num_classes)
+        checkpoint_inference(model, data, changes)
         fn: Callable[[Path], PredictionResult] = partial(
-            _predict_in_worker, str(Path(model).resolve()), scheme=scheme, **settings)
+            _predict_in_worker, str(Path(model).resolve()), scheme=scheme, changes=changes, **settings)
     else:
         if isinstance(model, (str, Path)):
             from .checkpoint import load_predictor
 
-            model = load_predictor(model, resolve_device(device))
+            model = load_predictor(model, resolve_device(device), changes)
         fn = partial(predict_image, _with_scheme(model, scheme), **settings)
+    io.check_output_dir(out)
     return run_batch(fn, [Path(p) for p in paths], workers=workers, scheduler=scheduler, desc="predict",
                      quiet=quiet or len(paths) < 2)
 
@@ -596,16 +606,16 @@ def _with_scheme(predictor: PredictorLike, scheme: ClassScheme | None) -> Predic
 
 
 @lru_cache(maxsize=1)
-def _worker_predictor(checkpoint: str, mtime_ns: int, device: str) -> PredictorLike:
+def _worker_predictor(checkpoint: str, mtime_ns: int, device: str, changes: InferenceChanges | None) -> PredictorLike:
     """The model of a worker process, loaded on its first input and kept for the next ones."""
     from .checkpoint import load_predictor
 
-    predictor = load_predictor(checkpoint, resolve_device(device))
+    predictor = load_predictor(checkpoint, resolve_device(device), changes)
     log.debug("loaded %s on %s in process %d", checkpoint, device, os.getpid())
     return predictor
 
 
 def _predict_in_worker(checkpoint: str, path: Path, *, device: str | torch.device, scheme: ClassScheme | None,
-                       **kwargs: Any) -> PredictionResult:
-    predictor = _worker_predictor(checkpoint, Path(checkpoint).stat().st_mtime_ns, str(device))
+                       changes: InferenceChanges | None, **kwargs: Any) -> PredictionResult:
+    predictor = _worker_predictor(checkpoint, Path(checkpoint).stat().st_mtime_ns, str(device), changes)
     return predict_image(_with_scheme(predictor, scheme), path, device=device, **kwargs)

@@ -16,6 +16,7 @@ SLIDE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".svs", ".nd
 Example:
   tissueseg predict slides/ --model runs/bcss5/best.pt --out predictions --batch 16
   tissueseg predict tcga.svs --model best.pt --out pred --mpp 0.25 --target-mpp 2.0 --json
+  tissueseg predict held-out/ --model runs/weak/best.pt --out pred-no-gate --gate-power 0
 """)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -37,19 +38,28 @@ Example:
               help="Predict only on detected tissue; glass gets no class. auto: on for whole-slide images "
                    "(pyramids, or one level over 2^28 px), off for regions (one-level PNG, JPEG, TIFF up to "
                    "2^28 px), where every pixel gets a class.")
+@click.option("--flip-tta/--no-flip-tta", default=None,
+              help="Average over flips, or not (default: as the model was trained, cam.flip_tta).")
+@click.option("--gate-window", type=click.IntRange(min=1), default=None, metavar="PX",
+              help="Window of the class gate of a `cam` model (default: the model's, cam.local_gate).")
+@click.option("--gate-power", type=click.FloatRange(min=0), default=None,
+              help="Power of the class gate of a `cam` model (default: the model's, cam.local_gate_power); "
+                   "0: no gate.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @common.batch_options
 def command(inputs: tuple[Path, ...], model_path: Path, out: Path, scheme: str | None, mpp: float | None,
             target_mpp: float | None, window: int | None, overlap: float, batch_size: int, probabilities: bool,
-            tissue: str, device: str, workers: int, scheduler: str | None, as_json: bool, overwrite: bool,
-            quiet: bool) -> None:
+            tissue: str, flip_tta: bool | None, gate_window: int | None, gate_power: float | None, device: str,
+            workers: int, scheduler: str | None, as_json: bool, overwrite: bool, quiet: bool) -> None:
     """Predict tissue classes on regions and slides (out/<stem>/: labels.tiff, regions.geojson, areas.csv, ...).
 
     out/<stem>/summary.json and labels.png (regions) record the class scheme, which evaluate
     reads. On a rerun, a prediction made from the same input file, model and options is kept
     (an interrupted one resumes); one made otherwise is skipped unless --overwrite. Two
-    inputs with the same file stem are refused.
+    inputs with the same file stem are refused. --flip-tta, --gate-window and --gate-power
+    change what the checkpoint adds to the model at prediction, without retraining.
     """
+    from ..checkpoint import InferenceChanges
     from ..infer import predict_files
     from ..io import list_images
     from ..schemes import load_scheme
@@ -60,6 +70,7 @@ def command(inputs: tuple[Path, ...], model_path: Path, out: Path, scheme: str |
         window=window, overlap=overlap, batch_size=batch_size, probabilities=probabilities,
         tissue={"auto": "auto", "on": True, "off": False}[tissue],
         device=device, scheme=load_scheme(scheme) if scheme else None, overwrite=overwrite,
+        changes=InferenceChanges(flip_tta, gate_window, gate_power),
     )
     if not result.ok:
         raise ValueError("nothing predicted: " + "; ".join(reason for _, reason in result.skipped))
