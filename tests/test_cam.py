@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pickle
-import warnings
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,6 @@ from tissueseg.data import PatchDataset, RegionCache
 from tissueseg.models.classifier import gap_logits
 from tissueseg.schemes import IGNORE, ClassDef, ClassScheme
 from tissueseg.weak import cam
-from tissueseg.weak.tta import to_input
 
 torch.set_num_threads(1)
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -267,9 +267,18 @@ def test_region_pseudo_mask_in_several_batches_equals_one():
 
 
 def test_classifier_input_of_read_only_pixels_is_normalised_without_a_warning():
-    rgb = np.full((1, 4, 4, 3), 51, np.uint8)
-    rgb.flags.writeable = False  # as a cached region is
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        x = to_input(rgb, ((0.1, 0.2, 0.3), (0.5, 0.5, 0.5)))
-    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([0.2, 0.0, -0.2]))
+    # in a fresh process: torch warns of a read-only array once per process, so an earlier test could hide it
+    code = """
+import warnings
+import numpy as np
+import torch
+from tissueseg.weak.tta import to_input
+rgb = np.full((1, 4, 4, 3), 51, np.uint8)
+rgb.flags.writeable = False  # as a cached region is
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    x = to_input(rgb, ((0.1, 0.2, 0.3), (0.5, 0.5, 0.5)))
+torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([0.2, 0.0, -0.2]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
