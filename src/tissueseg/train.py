@@ -343,17 +343,27 @@ def train(cfg: TrainConfig, quiet: bool = False, overwrite: bool = False,
 RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png", "config.yaml")
 
 
-def _open_run(cfg: TrainConfig, overwrite: bool, rank: int) -> dict | None:
-    """The checkpoint to resume from (None to start), after checking it is a run of the same config;
-    prepares ``run.out`` (rank 0)."""
+def run_mismatch(checkpoint: dict, cfg: TrainConfig, data: str) -> str | None:
+    """Why ``checkpoint`` is not a run of ``cfg`` on the data of fingerprint ``data``
+    (:func:`data_fingerprint`), or None when it is."""
+    changed = config_differences(checkpoint["config"], cfg.to_dict())
+    if changed:
+        return f"a run with another config ({', '.join(changed)} differ)"
+    if (checkpoint["state"] or {}).get("data", data) != data:  # older runs recorded none
+        return "a run on other data (the manifest's patches or labels, or a file they name, changed since)"
+    return None
+
+
+def _open_run(cfg: TrainConfig, data: str, overwrite: bool, rank: int) -> dict | None:
+    """The checkpoint to resume from (None to start), after checking it is a run of the same config
+    on the same data; prepares ``run.out`` (rank 0)."""
     out = Path(cfg.run.out)
     checkpoint = None
     if (out / "last.pt").is_file() and not overwrite:
         checkpoint = read_checkpoint(out / "last.pt")
-        changed = config_differences(checkpoint["config"], cfg.to_dict())
-        if changed:
-            raise ValueError(f"{out / 'last.pt'}: a run with another config ({', '.join(changed)} differ); "
-                             "use --overwrite or another --out")
+        mismatch = run_mismatch(checkpoint, cfg, data)
+        if mismatch:
+            raise ValueError(f"{out / 'last.pt'}: {mismatch}; use --overwrite or another --out")
     if rank == 0:
         io.check_output_dir(out)
         if overwrite:
@@ -390,11 +400,10 @@ def finished(cfg: TrainConfig) -> bool:
     if not path.is_file():
         return False
     checkpoint = read_checkpoint(path)
-    if config_differences(checkpoint["config"], cfg.to_dict()):
-        return False
     train_df, val_df = _splits(cfg, load_manifest(cfg.data.manifest)[0])
     state = checkpoint["state"] or {}
-    return state.get("data") == data_fingerprint(train_df, val_df) and state.get("step") == total_steps(cfg, train_df)
+    return ("data" in state and run_mismatch(checkpoint, cfg, data_fingerprint(train_df, val_df)) is None
+            and state.get("step") == total_steps(cfg, train_df))
 
 
 def _splits(cfg: TrainConfig, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -528,15 +537,12 @@ def _loaders(cfg: TrainConfig, sup: Supervision, ctx: Context, preprocessing: Pr
 
 def _train(cfg: TrainConfig, quiet: bool, overwrite: bool, device: torch.device, rank: int, world: int,
            supervision: type[Supervision] | None) -> TrainResult:
-    checkpoint = _open_run(cfg, overwrite, rank)
     out = Path(cfg.run.out)
     df, meta = load_manifest(cfg.data.manifest)
     scheme = resolve_scheme(cfg, meta)
     train_df, val_df = _splits(cfg, df)
     data = data_fingerprint(train_df, val_df)
-    if checkpoint is not None and (checkpoint["state"] or {}).get("data", data) != data:  # older runs recorded none
-        raise ValueError(f"{out / 'last.pt'}: a run on other data (the manifest's patches or labels, or a file they "
-                         "name, changed since); use --overwrite or another --out")
+    checkpoint = _open_run(cfg, data, overwrite, rank)
     cache = RegionCache(cfg.data.cache_dir or Path(cfg.data.manifest).resolve().parent / "cache")
     ctx = Context(cfg, train_df, val_df, meta.get("params", meta), scheme, cache, out, device, quiet, rank, overwrite)
     sup = supervision(ctx) if supervision is not None else build_supervision(cfg.method, ctx)
