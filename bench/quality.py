@@ -137,7 +137,10 @@ model's label-restricted predictions on the real patches). Options:
   mixed patches where no label's CAM reaches ``--min-score`` ignored, ``margin`` pixels whose best label
   beats the second by less than ``--margin`` ignored, ``ctx`` the classifier sees
   ``--context`` px around each patch, ``nocamtta`` CAMs without flip averaging, ``ipp`` the maps of
-  mixed patches redrawn by image-specific prototypes (``--prototypes`` iterations);
+  mixed patches redrawn by image-specific prototypes (``--prototypes`` iterations), ``pw`` the maps of
+  mixed patches weighed by the classifier's presence of each class in the patch (``--presence-power``,
+  before the prototypes) and around each pixel (``--local-presence-power``, after them; as
+  ``cam.presence_power`` and ``cam.local_presence_power``);
 - stage 2: ``bal2`` crops of labelled patches drawn class-balanced by their labels (as ``data.balanced``;
   else crops anywhere, uniformly), ``mosaic`` batches partly mosaics of single-label patches (``--mosaic-mix``), ``pmosaic``
   mosaics also from one-class windows of the pseudo-masks, ``r2`` two rounds (the second on the first's
@@ -154,7 +157,7 @@ model's label-restricted predictions on the real patches). Options:
   classifier's own gated CAMs (no stage 2)."""
 
 MIL = ("sigmoid-max", "lse", "topk", "mil-max")
-STAGE2_OPTS = ("bal", "bal2", "ipp", "init", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set", "wce")
+STAGE2_OPTS = ("bal", "bal2", "ipp", "pw", "init", "gf", "white", "min", "margin", "ctx", "nocamtta", "mosaic", "pmosaic", "r2", "eq", "set", "wce")
 PREDICT_OPTS = ("gate", "lgate", "la", "notta", "stage1")
 
 
@@ -245,7 +248,7 @@ class PatchLabelRun:
 
     def pseudo(self, size: int, opts: frozenset[str]) -> tuple[list[Region], dict, Cost]:
         """The CAM pseudo-masks of the training regions, their scores against the truth, stage 1 + their cost."""
-        key = frozenset(opts & {"gf", "white", "min", "margin", "ctx", "nocamtta", "bal", "ipp"})
+        key = frozenset(opts & {"gf", "white", "min", "margin", "ctx", "nocamtta", "bal", "ipp", "pw"})
 
         def make() -> tuple:
             model, cost = self.classifier(size, "bal" in key)
@@ -255,7 +258,9 @@ class PatchLabelRun:
                                      min_score=self.args.min_score if "min" in key else 0.0,
                                      context=self.args.context if "ctx" in key else 0,
                                      margin=self.args.margin if "margin" in key else 0.0,
-                                     prototypes=self.args.prototypes if "ipp" in key else 0)
+                                     prototypes=self.args.prototypes if "ipp" in key else 0,
+                                     presence_power=self.args.presence_power if "pw" in key else 0.0,
+                                     local_presence_power=self.args.local_presence_power if "pw" in key else 0.0)
             start = time.perf_counter()
             out = [(rgb, cam.region_pseudo_mask(model, rgb, xy, size, lab, self.norm, options))
                    for (rgb, _), xy, lab in zip(self.train, corners, labels)]
@@ -431,7 +436,9 @@ def run(args: argparse.Namespace) -> dict:
             "steps": args.steps, "batch": args.batch, "cls_steps": args.cls_steps, "cls_stride": args.cls_stride,
             "crop": args.crop, "budget_samples": args.steps * args.batch, "train_regions": args.train_regions,
             "test_regions": args.test_regions, "region_size": args.region_size, "weights": args.weights,
-            "gate": args.gate, "gate_window": args.gate_window, "gate_power": args.gate_power, "la_tau": args.la_tau, "set_weight": args.set_weight, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
+            "gate": args.gate, "gate_window": args.gate_window, "gate_power": args.gate_power,
+            "presence_power": args.presence_power, "local_presence_power": args.local_presence_power,
+            "la_tau": args.la_tau, "set_weight": args.set_weight, "tile": args.tile, "mosaic_mix": args.mosaic_mix, "gf_radius": args.gf_radius,
             "gf_eps": args.gf_eps, "layouts": layouts, "data_s": data_s, "methods": results}
 
 
@@ -453,7 +460,8 @@ def table(res: dict) -> str:
                  f"{res['cls_steps']} classifier steps x batch {res['batch']} of P px (counted in samples, Mpx, "
                  f"train s); {res['train_regions']} training / {res['test_regions']} "
                  f"held-out regions of {res['region_size']} px; layouts {res['layouts']}; scheme {res['scheme']}; "
-                 f"encoder weights {res['weights']}; +lgate: {res['gate_window']} px, power {res['gate_power']:g}.")
+                 f"encoder weights {res['weights']}; +lgate: {res['gate_window']} px, power {res['gate_power']:g}; +pw: "
+                 f"powers {res['presence_power']:g} (patch) and {res['local_presence_power']:g} (64 px).")
     return "\n".join(lines)
 
 
@@ -487,6 +495,10 @@ def main() -> None:
     p.add_argument("--la-tau", type=float, default=0.5, help="power of the class shares the probabilities are divided by (+la)")
     p.add_argument("--margin", type=float, default=0.1, help="CAM margin under which pixels are ignored (+margin)")
     p.add_argument("--prototypes", type=int, default=3, help="iterations of image-specific prototypes (+ipp)")
+    p.add_argument("--presence-power", type=float, default=2.0,
+                   help="power of the patch presence weighing the maps (+pw; as cam.presence_power)")
+    p.add_argument("--local-presence-power", type=float, default=0.5,
+                   help="power of the presence in 64 px weighing the scores (+pw; as cam.local_presence_power)")
     p.add_argument("--gf-radius", type=int, default=16, help="guided filter radius (+gf)")
     p.add_argument("--gf-eps", type=float, default=1e-3, help="guided filter eps (+gf)")
     p.add_argument("--threads", type=int, default=2)

@@ -10,7 +10,8 @@ ignored) beside the label grid's pseudo-masks from the same labels; with ``--seg
 the stage-2 model's prediction of the region (flip-averaged), alone, restricted to each
 patch's labels, and with the classifier's local gate (as ``cam.local_gate`` applies it). Prints a table.
 
-Run: python bench/real_pseudo_masks.py CLASSIFIER.pt [--tta flip] [--refine 0] [--prototypes 3] [--segmenter LAST.pt] [--gate-window 64] [--gate-power 4]
+Run: python bench/real_pseudo_masks.py CLASSIFIER.pt [--tta flip] [--refine 0] [--prototypes 3]
+    [--presence-power 0] [--local-presence-power 0] [--segmenter LAST.pt] [--gate-window 64] [--gate-power 4]
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def main() -> None:
     p.add_argument("--tta", default="flip", choices=["none", "flip", "d4"])
     p.add_argument("--refine", type=int, default=0, help="guided-filter radius (0: none)")
     p.add_argument("--prototypes", type=int, default=3, help="iterations of image-specific prototypes (0: none)")
+    p.add_argument("--presence-power", type=float, default=CamConfig().presence_power,
+                   help="power of the patch presence weighing the maps (0: none; default: cam.presence_power)")
+    p.add_argument("--local-presence-power", type=float, default=CamConfig().local_presence_power,
+                   help="power of the local presence weighing the scores (0: none; default: cam.local_presence_power)")
     p.add_argument("--segmenter", type=Path, help="a stage-2 checkpoint (<out>/last.pt): rows for its prediction "
                                                    "of the region, alone and restricted to the patch labels")
     p.add_argument("--gate-window", type=int, default=CamConfig().local_gate,
@@ -94,7 +99,8 @@ def main() -> None:
     corners, labels = a0sk_labels()
     classifier = load_predictor(args.classifier)
     prep = classifier.preprocessing
-    options = cam.CamOptions(tta=args.tta, refine_radius=args.refine, prototypes=args.prototypes)
+    options = cam.CamOptions(tta=args.tta, refine_radius=args.refine, prototypes=args.prototypes,
+                             presence_power=args.presence_power, local_presence_power=args.local_presence_power)
     rows = {"cam": cam.region_pseudo_mask(classifier.model, rgb, corners, PATCH, labels, (prep.mean, prep.std),
                                           options)}
     grid = np.zeros((truth.shape[0] // PATCH, truth.shape[1] // PATCH, 4), np.uint8)

@@ -17,6 +17,7 @@ from tissueseg.data import PatchDataset, RegionCache
 from tissueseg.models.classifier import gap_logits
 from tissueseg.schemes import IGNORE, ClassDef, ClassScheme
 from tissueseg.weak import cam
+from tissueseg.weak.tta import to_input
 
 torch.set_num_threads(1)
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -282,3 +283,54 @@ torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([0.2, 0.0, -0.2]))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+class ScaledColourModel(ColourModel):
+    """Class maps ``20 c - 5`` of each colour channel ``c`` in [0, 1]: logits, so the classifier has probabilities."""
+
+    def forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [m * 20 - 5 for m in super().forward_maps(x)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gap_logits(self.forward_maps(x)).mean(dim=1)
+
+
+def _columns(h: int, widths: list[tuple[int, tuple[int, int, int]]]) -> np.ndarray:
+    """Vertical bands of the given widths and colours, left to right."""
+    return np.concatenate([np.full((h, w, 3), colour, np.uint8) for w, colour in widths], axis=1)
+
+
+def test_presence_weights_give_a_doubtful_class_less_of_the_patch():
+    # a wide red band, a pale band where the green map is the higher (0.34 against 0.19 normalised),
+    # a narrow green band: the classifier is surer of red (0.99) than of green (0.62) in the patch
+    rgb = _columns(32, [(48, (200, 0, 0)), (32, (90, 110, 0)), (16, (0, 200, 0))])
+    labels = np.array([[1, 1, 0]])
+    plain = cam.patch_pseudo_masks(ScaledColourModel(), rgb[None], labels, IDENTITY, cam.CamOptions(tta="none"))[0]
+    assert (plain[:, 60:68] == 1).all() and (plain[:, :40] == 0).all() and (plain[:, 88:] == 1).all()
+    for power, middle in ((1.0, 1), (2.0, 0)):  # 0.19 x 0.99^p against 0.34 x 0.62^p
+        opts = cam.CamOptions(tta="none", presence_power=power)
+        mask = cam.patch_pseudo_masks(ScaledColourModel(), rgb[None], labels, IDENTITY, opts)[0]
+        assert (mask[:, 60:68] == middle).all() and (mask[:, :40] == 0).all() and (mask[:, 88:] == 1).all()
+
+    # a pale square inside the red half takes the class around it when weighed by the local presence
+    rgb = _columns(32, [(8, (200, 0, 0)), (16, (90, 110, 0)), (24, (200, 0, 0)), (48, (0, 200, 0))])
+    plain = cam.patch_pseudo_masks(ScaledColourModel(), rgb[None], labels, IDENTITY, cam.CamOptions(tta="none"))[0]
+    assert (plain[:, 14:18] == 1).all()
+    opts = cam.CamOptions(tta="none", local_presence_power=1.0, local_window=32)
+    mask = cam.patch_pseudo_masks(ScaledColourModel(), rgb[None], labels, IDENTITY, opts)[0]
+    assert (mask[:, :44] == 0).all() and (mask[:, 52:] == 1).all()
+
+
+def test_class_presence_is_the_classifiers_probability_in_the_patch_and_around_each_pixel():
+    from tissueseg.models.classifier import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("tf_efficientnet_lite0", 3, weights="none").eval()
+    rgb = _stripes(96, 96)
+    patch, local = cam.class_presence(model, rgb[None], IDENTITY, 32)
+    x = to_input(rgb[None], IDENTITY)
+    with torch.no_grad():
+        torch.testing.assert_close(patch, torch.sigmoid(model(x)))
+        torch.testing.assert_close(local, model.local_presence(x, 32))
+        _, inner = cam.class_presence(model, rgb[None], IDENTITY, 32, margin=16)
+    torch.testing.assert_close(inner, local[..., 16:80, 16:80])

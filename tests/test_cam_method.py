@@ -138,7 +138,8 @@ def test_stage_one_config_ignores_the_pseudo_mask_and_prediction_options(tmp_pat
     base = stage1(classifier_steps=3)
     assert base == stage1(classifier_steps=3, prototypes=0, tta="d4", gate=0.4, local_gate=None, refine_radius=4,
                           flip_tta=True)
-    assert base == stage1(classifier_steps=3, local_gate=32, local_gate_power=2.0, mosaics=0.5)
+    assert base == stage1(classifier_steps=3, local_gate=32, local_gate_power=2.0, mosaics=0.5, presence_power=2.0,
+                          local_presence_power=0.5)
     assert base["run"]["steps"] == 3 and base["model"]["arch"] == "classifier"
     assert base != stage1(classifier_steps=4) and base != stage1(classifier_steps=3, balanced=False)
 

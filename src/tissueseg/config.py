@@ -60,6 +60,13 @@ class CamConfig(_Section):
     context: int = Field(0, ge=0, description="px of the region around each patch the classifier sees")
     prototypes: int = Field(3, ge=0, description="iterations of image-specific prototypes redrawing the class maps "
                                                  "of mixed patches by their own features; 0 = none")
+    presence_power: float = Field(0.0, ge=0, description="the class maps of a mixed patch are weighed, before the "
+                                                         "prototypes, by the classifier's probability of each class "
+                                                         "in the patch to this power; 0 = not weighed")
+    local_presence_power: float = Field(0.0, ge=0, description="the pseudo-mask scores of a mixed patch are weighed, "
+                                                               "after the prototypes, by the classifier's probability "
+                                                               "of each class in the 64 px around each pixel to this "
+                                                               "power; 0 = not weighed")
     init_encoder: bool = Field(False, description="stage 2's encoder starts from the stage-1 classifier's "
                                                   "(same encoder) instead of the model's weights")
     flip_tta: bool = Field(False, description="prediction averages the flips (stored in the checkpoint; 3x the "

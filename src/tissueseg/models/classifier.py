@@ -33,6 +33,18 @@ def gap_logits(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([m.mean(dim=(2, 3)) for m in maps], dim=1)
 
 
+def local_mean(maps: Sequence[torch.Tensor], window: int, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, K, H, W)``: the class maps of an input of ``size`` px averaged over the ``window`` px
+    square around every pixel (near the borders: over its part inside), then over the depths."""
+    h, w = size
+    total = torch.zeros((), device=maps[0].device)
+    for m in maps:
+        k = max(1, round(window * m.shape[-1] / w)) | 1  # odd: centred on the pixel
+        m = F.avg_pool2d(m.float(), k, stride=1, padding=k // 2, count_include_pad=False)
+        total = total + F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    return total / len(maps)
+
+
 class PatchClassifier(nn.Module):
     """``forward_maps(x)`` -> class maps per depth (shallow to deep); ``forward(x)`` -> ``(N, K)`` logits;
     ``forward_features(x)`` -> the encoder features the maps are made from (``class_maps`` turns them
@@ -73,14 +85,7 @@ class PatchClassifier(nn.Module):
         over a ``window`` px neighbourhood (near the borders: over its part inside), as if
         the classifier had seen a ``window`` px patch centred on every pixel, in one pass.
         """
-        h, w = x.shape[-2:]
-        maps = self.forward_maps(x)
-        total = torch.zeros((), device=x.device)
-        for m in maps:
-            k = max(1, round(window * m.shape[-1] / w)) | 1  # odd: centred on the pixel
-            m = F.avg_pool2d(m.float(), k, stride=1, padding=k // 2, count_include_pad=False)
-            total = total + F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
-        return total / len(maps)
+        return local_mean(self.forward_maps(x), window, (x.shape[-2], x.shape[-1]))
 
     def local_presence(self, x: torch.Tensor, window: int) -> torch.Tensor:
         """``(N, K, H, W)``: the probability that each class is in the ``window`` px around every

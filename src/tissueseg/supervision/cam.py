@@ -98,7 +98,8 @@ class Cam(Supervision):
         self.classifier, self.classifier_config = classifier.model, classifier.config
         cam = ctx.cfg.cam
         options = CamOptions(tta=cam.tta, refine_radius=cam.refine_radius, context=cam.context,
-                             prototypes=cam.prototypes)
+                             prototypes=cam.prototypes, presence_power=cam.presence_power,
+                             local_presence_power=cam.local_presence_power)
         self.pseudo = CamPseudoMasks(ctx.train_df, ctx.scheme, ctx.cache, classifier.model,
                                      (classifier.preprocessing.mean, classifier.preprocessing.std), options,
                                      quiet=ctx.quiet or ctx.rank > 0)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import RegionCache, crop, label_columns
+from ..models.classifier import gap_logits, local_mean
 from ..schemes import IGNORE, ClassScheme
 from .prototypes import crop_margin, feature_stack, prototype_scores
 from .source import PseudoMaskSource
@@ -212,6 +213,24 @@ def patch_cams_and_features(model: torch.nn.Module, images: np.ndarray, normaliz
     return _fused(depths, weights, margin), crop_margin(feats / len(TTAS[tta]), margin, x.shape[-1]).cpu()
 
 
+@torch.no_grad()
+def class_presence(model: torch.nn.Module, images: np.ndarray, normalize: Normalize, window: int,
+                   margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's probability of each class in each patch ``(N, K)`` and in the ``window`` px
+    around each of its pixels ``(N, K, H, W)``
+    (:meth:`~tissueseg.models.classifier.PatchClassifier.local_presence`), from one pass.
+
+    ``images`` ``(N, H + 2 margin, W + 2 margin, 3)``: the patches with ``margin`` px of context
+    (seen by the classifier, cut off the local probabilities).
+    """
+    model.eval()
+    x = to_input(images, normalize).to(model_device(model))
+    maps = model.forward_maps(x)
+    h, w = x.shape[-2] - 2 * margin, x.shape[-1] - 2 * margin
+    local = torch.sigmoid(local_mean(maps, window, (x.shape[-2], x.shape[-1])))
+    return torch.sigmoid(gap_logits(maps).mean(dim=1)).cpu(), local[..., margin : margin + h, margin : margin + w].cpu()
+
+
 @dataclass(frozen=True)
 class CamOptions:
     """How class maps become pseudo-masks.
@@ -224,7 +243,12 @@ class CamOptions:
     ``margin``: pixels of a mixed patch whose best label beats the second by less are
     ignored (uncertain; stage 2 fills them in); ``context``: px of the region around each patch the classifier sees
     (:func:`region_pseudo_mask`); ``prototypes`` > 0: the maps of a mixed patch redrawn by
-    :func:`~tissueseg.weak.prototypes.prototype_scores` with that many iterations; ``batch``: patches per forward pass.
+    :func:`~tissueseg.weak.prototypes.prototype_scores` with that many iterations;
+    ``presence_power``: each class map of a mixed patch weighed, before the prototypes, by the
+    classifier's probability of the class in the patch to this power; ``local_presence_power``:
+    the scores weighed, after them, by its probability of the class in the ``local_window``
+    px around each pixel to this power (:func:`class_presence`; 0: not weighed); ``batch``:
+    patches per forward pass.
     """
 
     weights: tuple[float, ...] | None = DEFAULT_WEIGHTS
@@ -236,6 +260,9 @@ class CamOptions:
     margin: float = 0.0
     context: int = 0
     prototypes: int = 0
+    presence_power: float = 0.0
+    local_presence_power: float = 0.0
+    local_window: int = 64
     batch: int = 16
 
 
@@ -251,11 +278,13 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
     for s in range(0, len(images), options.batch):
         batch = images[s : s + options.batch]
         need = labels[s : s + options.batch].sum(axis=1) > 1  # single-label and unlabelled patches need no maps
-        cams = feats = None
+        cams = feats = presence = None
         if need.any() and options.prototypes > 0:
             cams, feats = patch_cams_and_features(model, batch[need], normalize, options.weights, options.tta, margin)
         elif need.any():
             cams = patch_cams(model, batch[need], normalize, options.weights, options.tta, margin)
+        if need.any() and (options.presence_power > 0 or options.local_presence_power > 0):
+            presence = class_presence(model, batch[need], normalize, options.local_window, margin)
         j = 0
         for i, (rgb, lab) in enumerate(zip(batch[:, margin : margin + h, margin : margin + w],
                                            labels[s : s + options.batch])):
@@ -263,8 +292,12 @@ def patch_pseudo_masks(model: torch.nn.Module, images: np.ndarray, labels: np.nd
             ignore = white_pixels(rgb, options.white) if options.white is not None else np.zeros(rgb.shape[:2], bool)
             if need[i]:
                 scores = restrict_to_labels(cams[j], lab)
+                if presence is not None:
+                    scores = scores * presence[0][j, :, None, None] ** options.presence_power
                 if feats is not None:
                     scores = prototype_scores(feats[j], scores, lab, options.prototypes)
+                if presence is not None:
+                    scores = scores * presence[1][j] ** options.local_presence_power
                 j += 1
                 if options.refine_radius > 0:
                     scores = refine(rgb, scores, options.refine_radius, options.refine_eps)
