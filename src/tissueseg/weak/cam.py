@@ -216,12 +216,12 @@ def patch_cams_and_features(model: torch.nn.Module, images: np.ndarray, normaliz
 @torch.no_grad()
 def class_presence(model: torch.nn.Module, images: np.ndarray, normalize: Normalize, window: int,
                    margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The classifier's probability of each class in each patch ``(N, K)`` and in the ``window`` px
-    around each of its pixels ``(N, K, H, W)``
+    """The classifier's probability of each class in each patch ``(N, K)`` (the sigmoid of
+    ``PatchClassifier.forward``) and in the ``window`` px around each of its pixels ``(N, K, H, W)``
     (:meth:`~tissueseg.models.classifier.PatchClassifier.local_presence`), from one pass.
 
     ``images`` ``(N, H + 2 margin, W + 2 margin, 3)``: the patches with ``margin`` px of context
-    (seen by the classifier, cut off the local probabilities).
+    (seen by the classifier, so in the patch probabilities too; cut off the local ones).
     """
     model.eval()
     x = to_input(images, normalize).to(model_device(model))
