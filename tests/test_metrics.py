@@ -208,6 +208,23 @@ def test_scheme_comes_from_the_predictions(tmp_path):
     assert len(res.output.strip().splitlines()) == 1
 
 
+def test_a_model_of_the_wsss_masks_is_scored_on_bcss_codes_with_the_schemes_classes(tmp_path):
+    from tissueseg.schemes import bcss_wsss4, bcss_wsss_masks
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    truth.mkdir(), pred.mkdir()
+    codes = np.array([[1, 1, 2, 2], [3, 4, 9, 0]], np.uint8)  # BCSS: tumour, stroma, lymphocytes, necrosis, ignored
+    _write(truth / "r.png", codes)
+    labels = bcss_wsss4().apply(codes)
+    labels[0, 0] = 1  # one tumour pixel called stroma
+    write_label_png(pred / "r.png", labels, bcss_wsss_masks())  # predicted class indices, the WSSS masks' scheme
+    with pytest.raises(InputError, match=r"codes \[9\] are not in scheme .bcss-wsss-masks."):  # the masks' indices
+        evaluate_folders(pred, truth)
+    r = evaluate_folders(pred, truth, "bcss-wsss4")
+    assert r["scheme"] == "bcss-wsss4" and r["pixel_accuracy"] == pytest.approx(5 / 6)
+    assert r["per_class"]["tumor"]["iou"] == pytest.approx(0.5) and r["per_class"]["necrosis"]["iou"] == 1.0
+
+
 def test_duplicate_stems_are_refused(tmp_path):
     pred, truth = _folders(tmp_path)
     (pred / "r1").mkdir()

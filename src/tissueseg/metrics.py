@@ -218,9 +218,11 @@ def resolve_scheme(predictions: list[Path], given: ClassScheme | None) -> ClassS
     """The scheme to score ``predictions`` with: ``given``, or the one they record.
 
     Every prediction that records a scheme (``predict`` and ``colorize`` write it into
-    their PNGs) must record the given one, and all the same one; without ``given``, every
-    readable prediction must record it. Unreadable files are left to the scoring, which
-    skips them. Raises :class:`~tissueseg.io.InputError` naming the file otherwise.
+    their PNGs) must record the given one's classes (names, in order: its codes are what
+    map the truth, so a model trained on BCSS-WSSS's own masks, ``bcss-wsss-masks``, is
+    scored on BCSS masks with ``bcss-wsss4``), and all the same scheme; without ``given``,
+    every readable prediction must record it. Unreadable files are left to the scoring,
+    which skips them. Raises :class:`~tissueseg.io.InputError` naming the file otherwise.
     """
     first: tuple[Path, ClassScheme] | None = None
     for path in predictions:
@@ -232,8 +234,8 @@ def resolve_scheme(predictions: list[Path], given: ClassScheme | None) -> ClassS
             if given is None:
                 raise io.InputError(path, "records no class scheme; pass --scheme")
             continue
-        if given is not None and not _same_classes(rec, given):
-            raise io.InputError(path, f"was predicted with scheme {rec.name!r}, not {given.name!r}; "
+        if given is not None and rec.names != given.names:
+            raise io.InputError(path, f"was predicted with scheme {rec.name!r}, not {given.name!r} (other classes); "
                                       "drop --scheme to use the recorded one")
         if first is None:
             first = (path, rec)
