@@ -41,7 +41,8 @@ Example:
 @common.out_option()
 @click.option("--scheme", default=None, metavar="NAME|FILE",
               help="Class scheme of the predictions: bcss22, bcss5, bcss-wsss4, or a YAML/JSON merge map "
-                   "(default: the one the predictions record; a different one is refused).")
+                   "(default: the one the predictions record; one of other classes is refused, one of the same "
+                   "classes maps the truth's codes).")
 @click.option("--truth-format", type=click.Choice(["codes", "labels"]), default="codes", show_default=True,
               help="Truth holds raw codes (mapped through the scheme) or class indices.")
 @click.option("--convention", type=click.Choice(["default", "wsss"]), default="default", show_default=True,
