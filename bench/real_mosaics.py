@@ -51,16 +51,18 @@ def training_patches(folder: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray
 
 
 def cam_scores(classifier: torch.nn.Module, rgb: np.ndarray, corners: np.ndarray, labels: np.ndarray,
-               normalize: tuple) -> torch.Tensor:
-    """``(K, H, W)`` the default ``cam`` scores of every labelled patch of a region (maps restricted, prototypes)."""
-    out = torch.zeros((labels.shape[1], *rgb.shape[:2]))
+               normalize: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default ``cam`` scores ``(K, H, W)`` of every labelled patch of a region (maps restricted,
+    prototypes) and the prototypes' features of every patch ``(N, C, h, w)``."""
+    out, features = torch.zeros((labels.shape[1], *rgb.shape[:2])), []
     for s in range(0, len(corners), 16):
         chunk = corners[s : s + 16]
         batch = np.stack([rgb[y : y + PATCH, x : x + PATCH] for x, y in chunk])
         maps, feats = cam.patch_cams_and_features(classifier, batch, normalize)
+        features.append(feats)
         for (x, y), m, f, lab in zip(chunk, maps, feats, labels[s : s + 16]):
             out[:, y : y + PATCH, x : x + PATCH] = prototype_scores(f, cam.restrict_to_labels(m, lab), lab, 3)
-    return out
+    return out, torch.cat(features)
 
 
 def loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -112,7 +114,7 @@ def main() -> None:
     if args.classifier is not None:
         classifier = load_predictor(args.classifier)
         prep = classifier.preprocessing
-        scores = cam_scores(classifier.model, rgb, corners, labels, (prep.mean, prep.std))
+        scores, _ = cam_scores(classifier.model, rgb, corners, labels, (prep.mean, prep.std))
         rows["cam pseudo-masks (default: prototypes)"] = cam.restrict_region(scores, corners, PATCH, labels)
         rows["mean of cam scores and mosaic probabilities, restricted"] = cam.restrict_region(
             (scores + probs) / 2, corners, PATCH, labels)

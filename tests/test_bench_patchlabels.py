@@ -120,3 +120,39 @@ def test_real_mosaic_sources_are_the_single_label_patches(tmp_path):
     assert src["class"].tolist() == [0, 3]  # tumour, necrosis: the patches with one label
     assert src["image_path"].tolist() == [df["image_path"][0], df["image_path"][2]]
     assert (src[["x", "y", "w", "h"]].to_numpy() == [0, 0, 5, 6]).all()
+
+
+def test_best_split_moves_each_mixed_patch_to_its_truth():
+    from real_full_halves import best_split
+    from real_pseudo_masks import PATCH
+
+    ramp = np.linspace(0, 1, PATCH, dtype=np.float32)[None].repeat(PATCH, 0)  # 0 at the left, 1 at the right
+    scores = torch.zeros((4, PATCH, 2 * PATCH))
+    scores[0], scores[1] = torch.from_numpy(np.tile(1 - ramp, 2)), torch.from_numpy(np.tile(ramp, 2))
+    corners = np.array([[0, 0], [PATCH, 0]])
+    labels = np.array([[1, 1, 0, 0], [0, 1, 0, 0]], np.uint8)  # tumour + stroma; stroma alone
+    truth = np.full((PATCH, 2 * PATCH), 1, np.uint8)
+    truth[:, :150] = 0  # tumour up to x = 150; the scores alone split at x = 112
+    out = best_split(scores, corners, labels, truth)
+    plain = (scores[0, :, :PATCH] > scores[1, :, :PATCH]).numpy()
+    assert (plain == (truth[:, :PATCH] == 0)).mean() < 0.9
+    assert (out[:, :PATCH] == truth[:, :PATCH]).mean() > 0.99  # the bias found on the truth
+    assert (out[:, PATCH:] == 1).all()  # a single-label patch is its label whole
+
+
+def test_probe_scores_learn_the_truth_of_the_training_patches_only():
+    from real_full_halves import probe_scores
+    from real_pseudo_masks import PATCH
+
+    truth = np.zeros((PATCH, 2 * PATCH), np.uint8)
+    truth[: PATCH // 2] = 2  # class 2 above, class 0 below, in both patches
+    truth[:8, :8] = IGNORE
+    features = torch.zeros((2, 2, 4, 4))
+    features[:, 0, 2:], features[:, 1, :2] = 1, 1  # channel 1 above, channel 0 below
+    corners = np.array([[0, 0], [PATCH, 0]])
+    probs = probe_scores(features, corners, truth, 4, np.array([True, False]), seed=0)
+    assert probs.shape == (4, PATCH, 2 * PATCH)
+    assert (probs[:, :, :PATCH] == 0).all()  # the training patch is not predicted
+    right = probs[:, :, PATCH:].argmax(0).numpy()
+    assert (right[: PATCH // 2 - 32] == 2).all() and (right[PATCH // 2 + 32 :] == 0).all()
+    torch.testing.assert_close(probs[:, :, PATCH:].sum(0), torch.ones((PATCH, PATCH)))
