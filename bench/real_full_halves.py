@@ -56,8 +56,8 @@ def best_split(scores: torch.Tensor, corners: np.ndarray, labels: np.ndarray, tr
 def probe_scores(features: torch.Tensor, corners: np.ndarray, truth: np.ndarray, k: int, train: np.ndarray,
                  seed: int, pixels: int = 400, iters: int = 300) -> torch.Tensor:
     """``(k, H, W)`` softmax of a linear layer on the patches' ``features`` ``(N, C, h, w)``, trained (Adam,
-    full batch) on ``pixels`` random labelled pixels of each patch where ``train`` ``(N,)`` is true; the others
-    predicted, the rest 0."""
+    full batch) on ``pixels`` random labelled pixels of each patch where ``train`` ``(N,)`` is true. The other
+    patches are predicted; every other pixel is 0."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for f, (x0, y0) in zip(features[train], corners[train]):
@@ -89,7 +89,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classifier", type=Path, help="a cam stage-1 checkpoint: a row for its pseudo-masks")
+    p.add_argument("--classifier", type=Path,
+                   help="a cam stage-1 checkpoint: rows for its pseudo-masks and the two oracles")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
